@@ -1,0 +1,471 @@
+//! Normalization of demographics for matching, and the stable derived row id.
+//!
+//! Names and address text: uppercase, simple accents folded to ASCII (`é` → `E`), punctuation
+//! other than hyphens removed, whitespace collapsed. Phone → 10 digits, ZIP → ZIP5, state →
+//! 2-letter code, email → lowercase, SSN → digits. Malformed optional values are dropped from the
+//! normalized copy with a plain-words reason.
+
+use crate::domain::{Demographics, Field};
+
+/// Fold one non-ASCII character to ASCII, if it is a simple Latin accented letter.
+fn fold(c: char) -> Option<&'static str> {
+    Some(match c {
+        'À'..='Å' | 'à'..='å' | 'Ā'..='ą' => "A",
+        'Æ' | 'æ' => "AE",
+        'Ç' | 'ç' | 'Ć'..='č' => "C",
+        'È'..='Ë' | 'è'..='ë' | 'Ē'..='ě' => "E",
+        'Ì'..='Ï' | 'ì'..='ï' | 'Ĩ'..='ı' => "I",
+        'Ð' | 'ð' | 'Ď'..='đ' => "D",
+        'Ñ' | 'ñ' | 'Ń'..='ŋ' => "N",
+        'Ò'..='Ö' | 'Ø' | 'ò'..='ö' | 'ø' | 'Ō'..='ő' => "O",
+        'Œ' | 'œ' => "OE",
+        'Ù'..='Ü' | 'ù'..='ü' | 'Ũ'..='ų' => "U",
+        'Ý' | 'ý' | 'ÿ' | 'Ŷ' | 'ŷ' | 'Ÿ' => "Y",
+        'Þ' | 'þ' => "TH",
+        'ß' => "SS",
+        'Ĝ'..='ģ' => "G",
+        'Ĥ'..='ħ' => "H",
+        'Ĵ' | 'ĵ' => "J",
+        'Ķ'..='ĸ' => "K",
+        'Ĺ'..='ł' => "L",
+        'Ŕ'..='ř' => "R",
+        'Ś'..='š' => "S",
+        'Ţ'..='ŧ' => "T",
+        'Ŵ' | 'ŵ' => "W",
+        'Ź'..='ž' => "Z",
+        _ => return None,
+    })
+}
+
+/// Uppercase, fold accents, keep letters/digits/hyphens, collapse whitespace. Punctuation is
+/// removed without leaving a space (`O'Brien` → `OBRIEN`, `St. John` → `ST JOHN`).
+pub fn normalize_name(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut pending_space = false;
+    let push = |out: &mut String, piece: &str, pending: &mut bool| {
+        if *pending && !out.is_empty() {
+            out.push(' ');
+        }
+        *pending = false;
+        out.push_str(piece);
+    };
+    for c in s.chars() {
+        if c.is_ascii() {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                let mut buf = [0u8; 4];
+                push(
+                    &mut out,
+                    c.to_ascii_uppercase().encode_utf8(&mut buf),
+                    &mut pending_space,
+                );
+            } else if c.is_ascii_whitespace() {
+                pending_space = true;
+            }
+        } else if c.is_whitespace() {
+            pending_space = true;
+        } else if let Some(f) = fold(c) {
+            push(&mut out, f, &mut pending_space);
+        } else if c.is_alphanumeric() {
+            let up: String = c.to_uppercase().collect();
+            push(&mut out, &up, &mut pending_space);
+        }
+    }
+    out
+}
+
+const STATES: &[(&str, &str)] = &[
+    ("AL", "ALABAMA"),
+    ("AK", "ALASKA"),
+    ("AZ", "ARIZONA"),
+    ("AR", "ARKANSAS"),
+    ("CA", "CALIFORNIA"),
+    ("CO", "COLORADO"),
+    ("CT", "CONNECTICUT"),
+    ("DE", "DELAWARE"),
+    ("DC", "DISTRICT OF COLUMBIA"),
+    ("FL", "FLORIDA"),
+    ("GA", "GEORGIA"),
+    ("HI", "HAWAII"),
+    ("ID", "IDAHO"),
+    ("IL", "ILLINOIS"),
+    ("IN", "INDIANA"),
+    ("IA", "IOWA"),
+    ("KS", "KANSAS"),
+    ("KY", "KENTUCKY"),
+    ("LA", "LOUISIANA"),
+    ("ME", "MAINE"),
+    ("MD", "MARYLAND"),
+    ("MA", "MASSACHUSETTS"),
+    ("MI", "MICHIGAN"),
+    ("MN", "MINNESOTA"),
+    ("MS", "MISSISSIPPI"),
+    ("MO", "MISSOURI"),
+    ("MT", "MONTANA"),
+    ("NE", "NEBRASKA"),
+    ("NV", "NEVADA"),
+    ("NH", "NEW HAMPSHIRE"),
+    ("NJ", "NEW JERSEY"),
+    ("NM", "NEW MEXICO"),
+    ("NY", "NEW YORK"),
+    ("NC", "NORTH CAROLINA"),
+    ("ND", "NORTH DAKOTA"),
+    ("OH", "OHIO"),
+    ("OK", "OKLAHOMA"),
+    ("OR", "OREGON"),
+    ("PA", "PENNSYLVANIA"),
+    ("RI", "RHODE ISLAND"),
+    ("SC", "SOUTH CAROLINA"),
+    ("SD", "SOUTH DAKOTA"),
+    ("TN", "TENNESSEE"),
+    ("TX", "TEXAS"),
+    ("UT", "UTAH"),
+    ("VT", "VERMONT"),
+    ("VA", "VIRGINIA"),
+    ("WA", "WASHINGTON"),
+    ("WV", "WEST VIRGINIA"),
+    ("WI", "WISCONSIN"),
+    ("WY", "WYOMING"),
+    ("PR", "PUERTO RICO"),
+    ("VI", "VIRGIN ISLANDS"),
+    ("GU", "GUAM"),
+    ("AS", "AMERICAN SAMOA"),
+    ("MP", "NORTHERN MARIANA ISLANDS"),
+    ("AA", "ARMED FORCES AMERICAS"),
+    ("AE", "ARMED FORCES EUROPE"),
+    ("AP", "ARMED FORCES PACIFIC"),
+];
+
+/// The 2-letter code for a US state/territory code or full name (any case, punctuation ignored).
+pub fn state_code(s: &str) -> Option<&'static str> {
+    let n = normalize_name(s);
+    STATES
+        .iter()
+        .find(|(code, name)| *code == n || *name == n)
+        .map(|(code, _)| *code)
+}
+
+fn digits(s: &str) -> String {
+    s.bytes()
+        .filter(u8::is_ascii_digit)
+        .map(char::from)
+        .collect()
+}
+
+/// 10-digit US phone (a leading country code 1 is dropped).
+fn norm_phone(s: &str) -> Option<String> {
+    if s.bytes().any(|c| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let d = digits(s);
+    match d.len() {
+        10 => Some(d),
+        11 if d.starts_with('1') => Some(d[1..].to_string()),
+        _ => None,
+    }
+}
+
+/// ZIP5 from a 5- or 9-digit ZIP (`12345`, `12345-6789`, `123456789`).
+fn norm_zip(s: &str) -> Option<String> {
+    if !s
+        .bytes()
+        .all(|c| c.is_ascii_digit() || c == b'-' || c == b' ')
+    {
+        return None;
+    }
+    let d = digits(s);
+    match d.len() {
+        5 | 9 => Some(d[..5].to_string()),
+        _ => None,
+    }
+}
+
+fn norm_email(s: &str) -> Option<String> {
+    let e = s.trim().to_lowercase();
+    let (local, domain) = e.split_once('@')?;
+    let ok = !local.is_empty()
+        && !domain.contains('@')
+        && !e.contains(char::is_whitespace)
+        && domain
+            .split_once('.')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
+        && !domain.ends_with('.');
+    ok.then_some(e)
+}
+
+fn norm_ssn(s: &str) -> Option<String> {
+    if !s
+        .bytes()
+        .all(|c| c.is_ascii_digit() || c == b'-' || c == b' ')
+    {
+        return None;
+    }
+    let d = digits(s);
+    match d.len() {
+        4 | 9 if d.bytes().any(|c| c != b'0') => Some(d),
+        _ => None,
+    }
+}
+
+fn trimmed(s: &Option<String>) -> Option<String> {
+    s.as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_string)
+}
+
+fn name(s: &Option<String>) -> Option<String> {
+    s.as_deref().map(normalize_name).filter(|t| !t.is_empty())
+}
+
+/// Normalize `original` for matching. Returns the normalized copy and, for each malformed
+/// optional value that was dropped, the field and a plain-words reason.
+pub fn normalize(original: &Demographics) -> (Demographics, Vec<(Field, String)>) {
+    let mut warnings = Vec::new();
+    let mut checked = |field: Field,
+                       v: &Option<String>,
+                       f: fn(&str) -> Option<String>,
+                       why: &str|
+     -> Option<String> {
+        let raw = v.as_deref().map(str::trim).filter(|t| !t.is_empty())?;
+        let out = f(raw);
+        if out.is_none() {
+            warnings.push((
+                field,
+                format!("{} {raw} {why}", field.label().to_lowercase()),
+            ));
+        }
+        out
+    };
+    let phone = checked(
+        Field::Phone,
+        &original.phone,
+        norm_phone,
+        "is not a 10-digit US phone number — it was left out for matching",
+    );
+    let email = checked(
+        Field::Email,
+        &original.email,
+        norm_email,
+        "is not an email address (it needs an @ and a domain with a dot) — it was left out for matching",
+    );
+    let postal_code = checked(
+        Field::PostalCode,
+        &original.postal_code,
+        norm_zip,
+        "is not a 5- or 9-digit ZIP code — it was left out for matching (a spreadsheet may have dropped a leading zero)",
+    );
+    let ssn = checked(
+        Field::Ssn,
+        &original.ssn,
+        norm_ssn,
+        "is not a 9-digit SSN or its last 4 digits — it was left out for matching",
+    );
+    let state = checked(
+        Field::State,
+        &original.state,
+        |s| state_code(s).map(str::to_string),
+        "is not a US state (use the 2-letter code or the full name) — it was left out for matching",
+    );
+    let normalized = Demographics {
+        given: name(&original.given),
+        middle: name(&original.middle),
+        family: name(&original.family),
+        suffix: name(&original.suffix),
+        birth_date: original.birth_date,
+        sex: original.sex,
+        phone,
+        email,
+        address_line1: name(&original.address_line1),
+        address_line2: name(&original.address_line2),
+        city: name(&original.city),
+        state,
+        postal_code,
+        local_id: trimmed(&original.local_id),
+        medicaid_id: trimmed(&original.medicaid_id),
+        ssn,
+        mothers_maiden_name: name(&original.mothers_maiden_name),
+        multiple_birth: original.multiple_birth,
+        multiple_birth_order: original.multiple_birth_order,
+        iis_id: trimmed(&original.iis_id),
+    };
+    (normalized, warnings)
+}
+
+/// 64-bit FNV-1a: stable across runs, platforms and Rust versions (unlike `DefaultHasher`).
+pub fn fnv1a64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// FNV-1a as a [`std::hash::Hasher`], for the duplicate-id set (fast; ids are not adversarial).
+#[derive(Default)]
+pub(crate) struct Fnv(u64);
+
+impl std::hash::Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
+
+/// The stable id of a row without a local id: `"row-"` + 16 hex digits of FNV-1a 64 over the
+/// normalized `family|given|birth_date|sex`.
+pub fn derived_id(n: &Demographics) -> String {
+    let mut key = String::with_capacity(64);
+    key.push_str(n.family.as_deref().unwrap_or(""));
+    key.push('|');
+    key.push_str(n.given.as_deref().unwrap_or(""));
+    key.push('|');
+    if let Some(d) = n.birth_date {
+        key.push_str(&d.format("%Y-%m-%d").to_string());
+    }
+    key.push('|');
+    key.push_str(n.sex.map(|s| s.fhir_code()).unwrap_or(""));
+    format!("row-{:016x}", fnv1a64(key.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Sex;
+    use chrono::NaiveDate;
+
+    #[test]
+    fn names() {
+        assert_eq!(normalize_name("  O'Brien "), "OBRIEN");
+        assert_eq!(normalize_name("José  María"), "JOSE MARIA");
+        assert_eq!(normalize_name("Smith-Jones"), "SMITH-JONES");
+        assert_eq!(normalize_name("St. John\t Jr."), "ST JOHN JR");
+        assert_eq!(normalize_name("Muñoz Łukasz Æsa ß"), "MUNOZ LUKASZ AESA SS");
+        assert_eq!(normalize_name("Zoë Brontë"), "ZOE BRONTE");
+        assert_eq!(normalize_name("?!"), "");
+        assert_eq!(normalize_name("Ωmega"), "ΩMEGA");
+    }
+
+    #[test]
+    fn fnv_known_vectors() {
+        assert_eq!(fnv1a64(b""), 0xcbf29ce484222325);
+        assert_eq!(fnv1a64(b"a"), 0xaf63dc4c8601ec8c);
+        assert_eq!(fnv1a64(b"foobar"), 0x85944171f73967e8);
+    }
+
+    #[test]
+    fn derived_id_is_stable_and_normalized() {
+        let a = Demographics {
+            family: Some("DOE".into()),
+            given: Some("JANE".into()),
+            birth_date: NaiveDate::from_ymd_opt(2019, 2, 3),
+            sex: Some(Sex::Female),
+            ..Default::default()
+        };
+        let id = derived_id(&a);
+        assert_eq!(
+            id,
+            format!("row-{:016x}", fnv1a64(b"DOE|JANE|2019-02-03|female"))
+        );
+        assert_eq!(id.len(), 20);
+        let mut b = a.clone();
+        b.sex = Some(Sex::Male);
+        assert_ne!(derived_id(&b), id);
+    }
+
+    #[test]
+    fn normalize_valid_values() {
+        let o = Demographics {
+            given: Some("Zoë".into()),
+            family: Some("O'Brien".into()),
+            phone: Some("+1 (555) 123-4567".into()),
+            postal_code: Some("62701-1234".into()),
+            state: Some("illinois".into()),
+            email: Some(" Ana@Example.ORG ".into()),
+            ssn: Some("123-45-6789".into()),
+            city: Some("St. Louis".into()),
+            local_id: Some(" A1 ".into()),
+            ..Default::default()
+        };
+        let (n, w) = normalize(&o);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(n.given.as_deref(), Some("ZOE"));
+        assert_eq!(n.family.as_deref(), Some("OBRIEN"));
+        assert_eq!(n.phone.as_deref(), Some("5551234567"));
+        assert_eq!(n.postal_code.as_deref(), Some("62701"));
+        assert_eq!(n.state.as_deref(), Some("IL"));
+        assert_eq!(n.email.as_deref(), Some("ana@example.org"));
+        assert_eq!(n.ssn.as_deref(), Some("123456789"));
+        assert_eq!(n.city.as_deref(), Some("ST LOUIS"));
+        assert_eq!(n.local_id.as_deref(), Some("A1"));
+        let o = Demographics {
+            ssn: Some("6789".into()),
+            state: Some("ny".into()),
+            postal_code: Some("021341234".into()),
+            phone: Some("5551234567".into()),
+            ..Default::default()
+        };
+        let (n, w) = normalize(&o);
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(n.ssn.as_deref(), Some("6789"));
+        assert_eq!(n.state.as_deref(), Some("NY"));
+        assert_eq!(n.postal_code.as_deref(), Some("02134"));
+    }
+
+    #[test]
+    fn malformed_optional_values_are_dropped_with_reasons() {
+        let o = Demographics {
+            phone: Some("555-1234".into()),
+            postal_code: Some("2134".into()),
+            email: Some("ana@example".into()),
+            ssn: Some("12345".into()),
+            state: Some("Ontario".into()),
+            family: Some("Doe".into()),
+            ..Default::default()
+        };
+        let (n, w) = normalize(&o);
+        let fields: Vec<Field> = w.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            fields,
+            vec![
+                Field::Phone,
+                Field::Email,
+                Field::PostalCode,
+                Field::Ssn,
+                Field::State
+            ]
+        );
+        assert!(w[0].1.contains("555-1234"), "{}", w[0].1);
+        assert!(w[0].1.contains("10-digit"), "{}", w[0].1);
+        assert_eq!(n.phone, None);
+        assert_eq!(n.postal_code, None);
+        assert_eq!(n.email, None);
+        assert_eq!(n.ssn, None);
+        assert_eq!(n.state, None);
+        assert_eq!(n.family.as_deref(), Some("DOE"));
+        for bad in [
+            "no-at.example.org",
+            "a@.org",
+            "a@b.",
+            "a b@c.org",
+            "a@b@c.org",
+        ] {
+            assert_eq!(norm_email(bad), None, "{bad}");
+        }
+        assert_eq!(norm_phone("25551234567"), None);
+        assert_eq!(norm_phone("555123456x"), None);
+        assert_eq!(norm_ssn("000-00-0000"), None);
+        assert_eq!(norm_zip("1234A"), None);
+    }
+}
