@@ -267,6 +267,7 @@ impl Engine {
         };
         let summary = import::read_cohort(path, mapping, &mut sink)?;
         let meta = VersionMeta {
+            fingerprint: file_fingerprint(path).unwrap_or_default(),
             format: summary.format.clone(),
             encoding: summary.encoding.clone(),
             mapping_json: serde_json::json!({
@@ -294,6 +295,27 @@ impl Engine {
             summary,
             diff: done.diff,
         })
+    }
+
+    /// The cohort named `name`, and whether `path` differs from what it was last imported from
+    /// (or the cohort does not exist yet).
+    pub fn needs_import(
+        &self,
+        name: &str,
+        path: &Path,
+    ) -> Result<(Option<crate::store::CohortInfo>, bool), EngineError> {
+        let store = self.store()?;
+        let Some(cohort) = store.cohort_by_name(name)? else {
+            return Ok((None, true));
+        };
+        let current = store.current_fingerprint(cohort.id)?;
+        let now = file_fingerprint(path).map_err(|source| {
+            EngineError::Import(ImportError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        })?;
+        Ok((Some(cohort), current.as_deref() != Some(now.as_str())))
     }
 
     fn client_for(
@@ -950,6 +972,18 @@ impl Ingest<'_> {
         }
         Ok(())
     }
+}
+
+/// Size and modification time of a file: enough to notice that a cohort file was replaced.
+pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
+    let meta = std::fs::metadata(path)?;
+    let mtime = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    Ok(format!("{}:{mtime}", meta.len()))
 }
 
 fn to_problem_row(p: &import::RowProblem) -> ProblemRow {

@@ -128,6 +128,21 @@ pub fn score(submitted: &Demographics, candidate: &Demographics) -> f64 {
     total(&evaluate(&View::new(submitted), &View::new(candidate)))
 }
 
+/// One side of a comparison normalized once, for scoring it against many others (a registry
+/// query against its blocked candidates). Borrows from the [`Demographics`] it was made from.
+#[derive(Debug)]
+pub struct Prepared<'a>(View<'a>);
+
+/// Normalize `d` once for [`score_prepared`].
+pub fn prepare(d: &Demographics) -> Prepared<'_> {
+    Prepared(View::new(d))
+}
+
+/// [`score`] on prepared sides: the same value, without normalizing the same row again.
+pub fn score_prepared(submitted: &Prepared<'_>, candidate: &Prepared<'_>) -> f64 {
+    total(&evaluate(&submitted.0, &candidate.0))
+}
+
 /// Score thresholds for the match grades. A jurisdiction decides what a high-confidence match is.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]

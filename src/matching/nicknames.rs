@@ -6,7 +6,12 @@
 //! is short for `ALEXANDER` and `ALEXANDRA`). The lookup index is built once, on first use.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 use std::sync::OnceLock;
+
+use super::text::Fnv64;
+
+type Index = HashMap<&'static str, Vec<u16>, BuildHasherDefault<Fnv64>>;
 
 /// Formal name → common nicknames. Uppercase ASCII, as produced by `normalize_name`.
 pub const NICKNAMES: &[(&str, &[&str])] = &[
@@ -130,10 +135,10 @@ pub const NICKNAMES: &[(&str, &[&str])] = &[
 ];
 
 /// Name → indexes of the groups it belongs to (as formal name or as nickname).
-fn index() -> &'static HashMap<&'static str, Vec<u16>> {
-    static INDEX: OnceLock<HashMap<&'static str, Vec<u16>>> = OnceLock::new();
+fn index() -> &'static Index {
+    static INDEX: OnceLock<Index> = OnceLock::new();
     INDEX.get_or_init(|| {
-        let mut map: HashMap<&'static str, Vec<u16>> = HashMap::new();
+        let mut map = Index::default();
         for (i, (formal, nicks)) in NICKNAMES.iter().enumerate() {
             // The table has far fewer than 65,536 groups; the cast cannot truncate.
             let group = i as u16;

@@ -203,10 +203,10 @@ pub(crate) fn email_cow(s: &str) -> Option<Cow<'_, str>> {
     if t.is_empty() {
         return None;
     }
-    if t.bytes().any(|b| b.is_ascii_uppercase()) || t.chars().any(char::is_uppercase) {
-        Some(Cow::Owned(t.to_lowercase()))
-    } else {
+    if t.bytes().all(|b| b.is_ascii() && !b.is_ascii_uppercase()) {
         Some(Cow::Borrowed(t))
+    } else {
+        Some(Cow::Owned(t.to_lowercase()))
     }
 }
 

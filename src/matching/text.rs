@@ -38,10 +38,24 @@ pub fn soundex(s: &str) -> Option<[u8; 4]> {
 const MAX_STACK: usize = 48;
 
 /// Optimal string alignment distance between `a` and `b` (byte-wise; inputs are normalized
-/// ASCII), or `None` when it is certainly greater than `max` (the length difference alone says
-/// so). Strings longer than 48 bytes fall back to `strsim::osa_distance`.
+/// ASCII), or `None` when it is greater than `max`. A letter-count lower bound rejects most
+/// unrelated pairs before the dynamic program runs. Strings longer than 48 bytes fall back to
+/// `strsim::osa_distance`.
 pub fn osa_within(a: &str, b: &str, max: usize) -> Option<usize> {
     if a.len().abs_diff(b.len()) > max {
+        return None;
+    }
+    // Every edit changes the byte histogram's L1 distance by at most 2, so L1/2 is a lower bound.
+    // Bucketing by the low 5 bits merges some bytes, which only loosens the bound.
+    let mut hist = [0i32; 32];
+    for &c in a.as_bytes() {
+        hist[usize::from(c & 31)] += 1;
+    }
+    for &c in b.as_bytes() {
+        hist[usize::from(c & 31)] -= 1;
+    }
+    let l1: u32 = hist.iter().map(|h| h.unsigned_abs()).sum();
+    if l1 as usize > 2 * max {
         return None;
     }
     let d = if a.len() > MAX_STACK || b.len() > MAX_STACK {
@@ -54,28 +68,28 @@ pub fn osa_within(a: &str, b: &str, max: usize) -> Option<usize> {
 
 fn osa_stack(a: &[u8], b: &[u8]) -> usize {
     let m = b.len();
-    let mut two = [0u16; MAX_STACK + 1];
-    let mut prev = [0u16; MAX_STACK + 1];
-    let mut cur = [0u16; MAX_STACK + 1];
-    for (j, p) in prev.iter_mut().enumerate().take(m + 1) {
+    // Three rolling rows (two back, previous, current), selected by index to avoid copies.
+    let mut rows = [[0u16; MAX_STACK + 1]; 3];
+    for j in 0..=m {
         // j ≤ 48: fits u16.
-        *p = j as u16;
+        rows[1][j] = j as u16;
     }
-    two[..=m].copy_from_slice(&prev[..=m]);
+    let (mut two, mut prev, mut cur) = (0usize, 1usize, 2usize);
     for i in 0..a.len() {
-        cur[0] = (i + 1) as u16;
+        rows[cur][0] = (i + 1) as u16;
         for j in 0..m {
             let cost = u16::from(a[i] != b[j]);
-            let mut v = (cur[j] + 1).min(prev[j + 1] + 1).min(prev[j] + cost);
+            let mut v = (rows[cur][j] + 1)
+                .min(rows[prev][j + 1] + 1)
+                .min(rows[prev][j] + cost);
             if i > 0 && j > 0 && a[i] != b[j] && a[i] == b[j - 1] && a[i - 1] == b[j] {
-                v = v.min(two[j - 1] + 1);
+                v = v.min(rows[two][j - 1] + 1);
             }
-            cur[j + 1] = v;
+            rows[cur][j + 1] = v;
         }
-        std::mem::swap(&mut two, &mut prev);
-        std::mem::swap(&mut prev, &mut cur);
+        (two, prev, cur) = (prev, cur, two);
     }
-    usize::from(prev[m])
+    usize::from(rows[prev][m])
 }
 
 /// Whether two equal-length byte strings differ in exactly one position.
@@ -117,6 +131,15 @@ impl Fnv64 {
     }
     pub fn finish(self) -> u64 {
         self.0
+    }
+}
+
+impl std::hash::Hasher for Fnv64 {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        *self = self.bytes(bytes);
     }
 }
 

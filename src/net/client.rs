@@ -34,8 +34,8 @@ use crate::net::security::{
     HttpSettings, build_http_client, check_base_url, origin_text, redact_url, same_origin,
 };
 use crate::net::{
-    AcceptMode, CancelFlag, ClientConfig, Completed, DownloadStats, KickOff, NetError, PollEvent,
-    PollStatus, TokenSource,
+    AcceptMode, CancelFlag, ClientConfig, Completed, DownloadStats, KickOff, LineSink, NetError,
+    PollEvent, PollStatus,
 };
 
 /// Largest error or manifest body read into memory.
@@ -198,7 +198,7 @@ impl BulkMatchClient {
     fn poll_backoff(&self) -> Backoff {
         let p = &self.inner.cfg.poll;
         let rng: Box<dyn rand::RngCore + Send> = match self.inner.cfg.rng_seed {
-            Some(seed) => Box::new(ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_0F_9011)),
+            Some(seed) => Box::new(ChaCha8Rng::seed_from_u64(seed ^ 0x5EED_F011)),
             None => Box::new(ChaCha8Rng::from_rng(&mut rand::rng())),
         };
         Backoff::curve(p.initial, p.max, 1.5, Jitter::Equal, rng)
@@ -322,18 +322,14 @@ impl BulkMatchClient {
     ) -> Result<Attempt<KickOutcome>, NetError> {
         let url = &self.inner.kickoff_url;
         let build = || {
-            let mut rb = self
-                .inner
+            self.inner
                 .http
                 .post(url.clone())
                 .timeout(self.inner.cfg.request_timeout)
                 .header("Prefer", "respond-async")
+                .header(ACCEPT, mode.header_value())
                 .header(CONTENT_TYPE, "application/fhir+json")
-                .body(body.to_vec());
-            if let Some(a) = mode.header_value() {
-                rb = rb.header(ACCEPT, a);
-            }
-            rb
+                .body(body.to_vec())
         };
         let resp = match self.send(url, true, &build).await {
             Ok(r) => r,
@@ -636,7 +632,7 @@ impl BulkMatchClient {
         &self,
         file_url: &str,
         requires_access_token: bool,
-        on_line: &mut (dyn FnMut(u64, &[u8]) -> Result<(), NetError> + Send),
+        on_line: &mut LineSink<'_>,
     ) -> Result<DownloadStats, NetError> {
         let url = self
             .inner
@@ -690,7 +686,7 @@ impl BulkMatchClient {
         with_token: bool,
         delivered: &mut u64,
         stats: &mut DownloadStats,
-        on_line: &mut (dyn FnMut(u64, &[u8]) -> Result<(), NetError> + Send),
+        on_line: &mut LineSink<'_>,
     ) -> Result<Attempt<()>, NetError> {
         let mut url = start_url.clone();
         let mut hops = 0usize;

@@ -187,22 +187,23 @@ pub enum AcceptMode {
     FhirJson = 0,
     /// `Accept: application/fhir+ndjson` (what some servers insist on).
     FhirNdjson = 1,
-    /// No `Accept` header at all.
-    Omit = 2,
+    /// `Accept: */*`: no preference. RFC 9110 treats this like an absent header; it is also
+    /// what the HTTP stack sends by default, so a header cannot be truly omitted.
+    Any = 2,
 }
 
 impl AcceptMode {
     pub const ALL: [AcceptMode; 3] = [
         AcceptMode::FhirJson,
         AcceptMode::FhirNdjson,
-        AcceptMode::Omit,
+        AcceptMode::Any,
     ];
 
     pub fn key(self) -> &'static str {
         match self {
             AcceptMode::FhirJson => "fhir_json",
             AcceptMode::FhirNdjson => "fhir_ndjson",
-            AcceptMode::Omit => "omit",
+            AcceptMode::Any => "any",
         }
     }
 
@@ -210,19 +211,19 @@ impl AcceptMode {
         Self::ALL.into_iter().find(|m| m.key() == s)
     }
 
-    /// The header value, or `None` to send no `Accept`.
-    pub fn header_value(self) -> Option<&'static str> {
+    /// The header value.
+    pub fn header_value(self) -> &'static str {
         match self {
-            AcceptMode::FhirJson => Some("application/fhir+json"),
-            AcceptMode::FhirNdjson => Some("application/fhir+ndjson"),
-            AcceptMode::Omit => None,
+            AcceptMode::FhirJson => "application/fhir+json",
+            AcceptMode::FhirNdjson => "application/fhir+ndjson",
+            AcceptMode::Any => "*/*",
         }
     }
 
     pub(crate) fn from_u8(v: u8) -> Self {
         match v {
             1 => AcceptMode::FhirNdjson,
-            2 => AcceptMode::Omit,
+            2 => AcceptMode::Any,
             _ => AcceptMode::FhirJson,
         }
     }
@@ -354,6 +355,9 @@ pub enum PollEvent {
     /// The manifest arrived, listing `files` output files.
     Complete { files: usize },
 }
+
+/// The per-line callback of [`BulkMatchClient::download_lines`]: `(1-based line number, line)`.
+pub type LineSink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), NetError> + Send + 'a;
 
 /// Result of a download.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -354,3 +354,272 @@ fn is_iis_id_header(h: &str) -> bool {
         "iisid" | "iispatientid" | "registryid" | "stateid" | "iisclientid" | "patientiisid"
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use chrono::NaiveDate;
+
+    use super::*;
+    use crate::domain::Sex;
+    use crate::sim::generate::{CohortConfig, cohort, write_registry_csv};
+
+    fn person(iis: &str, given: &str, family: &str, dob: (i32, u32, u32)) -> Demographics {
+        Demographics {
+            given: Some(given.into()),
+            family: Some(family.into()),
+            birth_date: NaiveDate::from_ymd_opt(dob.0, dob.1, dob.2),
+            sex: Some(Sex::Male),
+            phone: Some("5035550123".into()),
+            address_line1: Some("12 NE OAK ST".into()),
+            city: Some("PORTLAND".into()),
+            state: Some("OR".into()),
+            postal_code: Some("97211".into()),
+            iis_id: Some(iis.into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn registry_is_send_and_sync() {
+        fn check<T: Send + Sync>() {}
+        check::<Registry>();
+    }
+
+    #[test]
+    fn ids_are_assigned_and_found() {
+        let mut a = person("X1", "JOHN", "SMITH", (2015, 1, 2));
+        a.iis_id = None;
+        let b = person("IIS1", "MARY", "JONES", (2014, 3, 4));
+        let reg = Registry::new(vec![a, b]);
+        assert_eq!(reg.len(), 2);
+        let id0 = reg.patient(0).iis_id.clone().unwrap();
+        assert_ne!(id0, "IIS1", "an assigned id never collides with an existing one");
+        assert_eq!(reg.by_iis_id(&id0).unwrap().given.as_deref(), Some("JOHN"));
+        assert_eq!(reg.by_iis_id("IIS1").unwrap().given.as_deref(), Some("MARY"));
+        assert!(reg.by_iis_id("IIS999").is_none());
+    }
+
+    #[test]
+    fn search_ranks_and_options_cut() {
+        let exact = person("A", "WILLIAM", "SMITH", (2015, 6, 1));
+        let mut dup = exact.clone();
+        dup.iis_id = Some("B".into());
+        dup.phone = None;
+        let mut other_place = exact.clone();
+        other_place.iis_id = Some("C".into());
+        other_place.phone = Some("5415559999".into());
+        other_place.address_line1 = Some("900 SW PINE AVE".into());
+        other_place.city = Some("BEND".into());
+        other_place.postal_code = Some("97701".into());
+        let stranger = person("D", "MARIA", "GARCIA", (1980, 2, 2));
+        let reg = Registry::new(vec![stranger, other_place, dup, exact.clone()]);
+
+        let mut query = exact.clone();
+        query.iis_id = None;
+        query.given = Some("Bill".into());
+        query.family = Some("smith".into());
+        let all = reg.search(&query, &SearchOptions::default());
+        let ids: Vec<&str> = all
+            .iter()
+            .map(|h| reg.patient(h.index).iis_id.as_deref().unwrap())
+            .collect();
+        assert_eq!(ids.first(), Some(&"A"), "{ids:?}");
+        assert!(!ids.contains(&"D"), "a stranger is not a candidate");
+        assert!(all.windows(2).all(|w| w[0].score >= w[1].score));
+        for h in &all {
+            assert_eq!(Some(h.grade), matching::grade(h.score, &GradeThresholds::default()));
+        }
+
+        let count1 = reg.search(
+            &query,
+            &SearchOptions {
+                count: Some(1),
+                ..Default::default()
+            },
+        );
+        assert_eq!(count1, all[..1].to_vec());
+
+        let certain = reg.search(
+            &query,
+            &SearchOptions {
+                only_certain_matches: true,
+                ..Default::default()
+            },
+        );
+        let expected: Vec<Hit> = all
+            .iter()
+            .copied()
+            .filter(|h| h.grade == MatchGrade::Certain)
+            .collect();
+        assert_eq!(certain, expected);
+
+        // Two equally good records: with strict thresholds (nothing certain) no single one is
+        // clearly best, so onlySingleMatch returns nothing.
+        let strict = GradeThresholds {
+            certain: 1.01,
+            probable: 0.5,
+            possible: 0.1,
+        };
+        let twins = Registry::new(vec![exact.clone(), {
+            let mut d = exact.clone();
+            d.iis_id = Some("A2".into());
+            d
+        }]);
+        let single = SearchOptions {
+            only_single_match: true,
+            thresholds: strict,
+            ..Default::default()
+        };
+        assert!(twins.search(&query, &single).is_empty());
+        // With default thresholds both are certain: the best one is returned anyway.
+        let single_default = SearchOptions {
+            only_single_match: true,
+            ..Default::default()
+        };
+        let one = twins.search(&exact, &single_default);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].index, 0, "ties go to registry order");
+        // A clear winner is returned even when not certain.
+        let clear = Registry::new(vec![exact.clone(), stranger_like(&exact)]);
+        let hits = clear.search(&query, &single);
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].index, 0);
+    }
+
+    /// Same name and birth date, everything else different.
+    fn stranger_like(p: &Demographics) -> Demographics {
+        let mut d = p.clone();
+        d.iis_id = Some("S".into());
+        d.sex = Some(Sex::Female);
+        d.phone = Some("4585550000".into());
+        d.address_line1 = Some("1 MAIN ST".into());
+        d.city = Some("BURNS".into());
+        d.postal_code = Some("97720".into());
+        d
+    }
+
+    #[test]
+    fn oversized_blocks_are_sampled_not_scored_whole() {
+        // 2,500 people share one phone and nothing else; a phone-only query must not score
+        // them all, but still gets an answer.
+        let people: Vec<Demographics> = (0..2500)
+            .map(|i| Demographics {
+                given: Some(format!("G{i}")),
+                family: Some(format!("F{i}")),
+                phone: Some("5035550000".into()),
+                ..Default::default()
+            })
+            .collect();
+        let reg = Registry::new(people);
+        let q = Demographics {
+            phone: Some("(503) 555-0000".into()),
+            ..Default::default()
+        };
+        let loose = SearchOptions {
+            thresholds: GradeThresholds {
+                certain: 0.99,
+                probable: 0.5,
+                possible: 0.0,
+            },
+            ..Default::default()
+        };
+        let hits = reg.search(&q, &loose);
+        assert!(hits.len() <= BLOCK_CAP, "{}", hits.len());
+    }
+
+    #[test]
+    fn corrupted_cohort_finds_true_records() {
+        let reg = Registry::generate(20_000, 11);
+        let entries = cohort(
+            reg.patients(),
+            &CohortConfig {
+                size: 2000,
+                seed: 5,
+                ..CohortConfig::default()
+            },
+        );
+        let opts = SearchOptions::default();
+        let (mut inside, mut top1, mut top5) = (0usize, 0usize, 0usize);
+        let (mut outside, mut outside_certain) = (0usize, 0usize);
+        let mut misses: HashMap<String, usize> = HashMap::new();
+        for e in &entries {
+            let hits = reg.search(&e.record, &opts);
+            let id = |h: &Hit| reg.patient(h.index).iis_id.clone();
+            match &e.truth {
+                Some(t) => {
+                    inside += 1;
+                    if hits.first().and_then(id).as_ref() == Some(t) {
+                        top1 += 1;
+                    } else {
+                        *misses.entry(e.corruptions.join("+")).or_default() += 1;
+                    }
+                    if hits.iter().take(5).any(|h| id(h).as_ref() == Some(t)) {
+                        top5 += 1;
+                    }
+                }
+                None => {
+                    outside += 1;
+                    if hits.iter().any(|h| h.grade == MatchGrade::Certain) {
+                        outside_certain += 1;
+                    }
+                }
+            }
+        }
+        let recall1 = top1 as f64 / inside as f64;
+        let recall5 = top5 as f64 / inside as f64;
+        let false_certain = outside_certain as f64 / outside as f64;
+        let mut misses: Vec<_> = misses.into_iter().collect();
+        misses.sort_by(|a, b| b.1.cmp(&a.1));
+        println!(
+            "recall@1 {recall1:.4}, recall@5 {recall5:.4} ({inside} in registry); \
+             not in registry with a certain hit {false_certain:.4} ({outside}); misses by \
+             corruption: {misses:?}"
+        );
+        assert!(recall1 >= 0.9, "recall@1 {recall1}");
+        assert!(recall5 >= 0.95, "recall@5 {recall5}");
+        assert!(false_certain <= 0.05, "false certain {false_certain}");
+    }
+
+    #[test]
+    fn load_reads_registry_csv_and_requires_an_id_column() {
+        let patients = generate::registry(&GenConfig::new(500, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.csv");
+        write_registry_csv(&path, &patients).unwrap();
+        let reg = Registry::load(&path, None).unwrap();
+        assert_eq!(reg.len(), 500);
+        let p = &patients[17];
+        let loaded = reg.by_iis_id(p.iis_id.as_deref().unwrap()).unwrap();
+        assert_eq!(loaded.birth_date, p.birth_date);
+        assert_eq!(
+            matching::normalize_name(loaded.family.as_deref().unwrap()),
+            matching::normalize_name(p.family.as_deref().unwrap())
+        );
+        let hits = reg.search(p, &SearchOptions::default());
+        assert_eq!(reg.patient(hits[0].index).iis_id, p.iis_id);
+
+        let no_id = dir.path().join("no_id.csv");
+        std::fs::write(&no_id, "given,family,birth_date\nANA,LOPEZ,2019-01-02\n").unwrap();
+        let err = Registry::load(&no_id, None).err().unwrap();
+        assert!(matches!(err, RegistryError::NoIisIdColumn { .. }), "{err}");
+        assert!(err.to_string().contains("iis_id"));
+    }
+
+    #[test]
+    fn load_reads_fhir_patient_ndjson_with_id_as_iis_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.ndjson");
+        let lines = [
+            r#"{"resourceType":"Patient","id":"IIS77","name":[{"family":"Nguyen","given":["Linh"]}],"gender":"female","birthDate":"2018-05-06"}"#,
+            r#"{"resourceType":"Patient","id":"IIS78","name":[{"family":"Tran","given":["Bao"]}],"gender":"male","birthDate":"2017-01-09"}"#,
+        ];
+        std::fs::write(&path, lines.join("\n")).unwrap();
+        let reg = Registry::load(&path, None).unwrap();
+        assert_eq!(reg.len(), 2);
+        let p = reg.by_iis_id("IIS78").unwrap();
+        assert_eq!(p.birth_date, NaiveDate::from_ymd_opt(2017, 1, 9));
+        assert!(p.local_id.is_none());
+    }
+}

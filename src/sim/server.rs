@@ -40,9 +40,9 @@ use tower_http::compression::CompressionLayer;
 
 use crate::domain::Demographics;
 use crate::fhir::patient::{from_patient, to_patient};
+use crate::matching::GradeThresholds;
 use crate::sim::faults::{FaultDice, Faults};
-// TEMP until registry.rs lands:
-use shim::{GradeThresholds, Registry, SearchOptions};
+use crate::sim::registry::{Registry, SearchOptions};
 
 /// The extension url that ties a match Bundle to the submitted Patient.
 pub const MATCH_RESOURCE_URL: &str =
@@ -558,8 +558,9 @@ impl AppState {
         r
     }
 
-    /// Count an `Authorization` header and check the bearer token when one is required.
-    fn authorize(&self, headers: &HeaderMap, is_file: bool) -> Result<(), Response> {
+    /// Count an `Authorization` header and check the bearer token when one is required; the
+    /// `401` response when the request must be refused.
+    fn unauthorized(&self, headers: &HeaderMap, is_file: bool) -> Option<Response> {
         let presented = headers.get(header::AUTHORIZATION);
         if presented.is_some() {
             bump(&self.counters.requests_with_authorization);
@@ -567,11 +568,9 @@ impl AppState {
                 bump(&self.counters.file_requests_with_authorization);
             }
         }
-        let Some(token) = &self.cfg.require_token else {
-            return Ok(());
-        };
+        let token = self.cfg.require_token.as_ref()?;
         if is_file && !self.cfg.requires_access_token {
-            return Ok(());
+            return None;
         }
         let ok = presented
             .and_then(|v| v.to_str().ok())
@@ -581,7 +580,7 @@ impl AppState {
             })
             .is_some_and(|t| t == token);
         if ok {
-            return Ok(());
+            return None;
         }
         bump(&self.counters.unauthorized_401);
         let mut r = self.outcome(
@@ -591,7 +590,7 @@ impl AppState {
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Err(r)
+        Some(r)
     }
 
     /// Look a job up; `None` if unknown, deleted or expired (expired jobs are removed).
@@ -766,7 +765,7 @@ async fn kickoff(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Err(r) = st.authorize(&headers, false) {
+    if let Some(r) = st.unauthorized(&headers, false) {
         return r;
     }
     if st.dice.chance(faults.storm_429) {
@@ -853,7 +852,7 @@ async fn kickoff(
         only_single_match: k.only_single_match,
         only_certain_matches: k.only_certain_matches,
         count: k.count,
-        thresholds: st.cfg.thresholds.clone(),
+        thresholds: st.cfg.thresholds,
     };
     let render = Render {
         base_url: st.base_url.clone(),
@@ -929,7 +928,7 @@ async fn status(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Err(r) = st.authorize(&headers, false) {
+    if let Some(r) = st.unauthorized(&headers, false) {
         return r;
     }
     if st.dice.chance(faults.storm_429) {
@@ -972,14 +971,14 @@ async fn status(
         }
     }
 
-    if let Some(reason) = job.failure.get() {
-        if job.output.get().is_none() {
-            return st.outcome(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "processing",
-                &format!("The match job failed: {reason}"),
-            );
-        }
+    if let Some(reason) = job.failure.get()
+        && job.output.get().is_none()
+    {
+        return st.outcome(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "processing",
+            &format!("The match job failed: {reason}"),
+        );
     }
     let Some(output) = job.output.get() else {
         let done = job.processed.load(Ordering::Relaxed).min(job.total);
@@ -1042,7 +1041,7 @@ async fn delete_job(
     headers: HeaderMap,
 ) -> Response {
     bump(&st.counters.deletes);
-    if let Err(r) = st.authorize(&headers, false) {
+    if let Some(r) = st.unauthorized(&headers, false) {
         return r;
     }
     let removed = lock(&st.jobs).remove(&id);
@@ -1073,7 +1072,7 @@ async fn download(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Err(r) = st.authorize(&headers, true) {
+    if let Some(r) = st.unauthorized(&headers, true) {
         return r;
     }
     if st.dice.chance(faults.error_rate) {
@@ -1397,7 +1396,11 @@ mod tests {
                 1 + (i % 12) as u32,
                 1 + (i % 28) as u32,
             ),
-            sex: Some(if i % 2 == 0 { Sex::Female } else { Sex::Male }),
+            sex: Some(if i.is_multiple_of(2) {
+                Sex::Female
+            } else {
+                Sex::Male
+            }),
             postal_code: Some(format!("{:05}", 10_000 + i * 7)),
             phone: Some(format!("555{:07}", 1_000_000 + i * 13)),
             iis_id: Some(format!("IIS{:06}", i)),
@@ -1722,7 +1725,7 @@ mod tests {
         let srv = serve(fast_cfg()).await;
         let c = reqwest::Client::new();
         // 150 patients: large enough to be split across threads; order must survive.
-        let mut patients: Vec<Value> = (0..149).map(query).collect();
+        let mut patients: Vec<Value> = (0..149).map(|i| query(i % 120)).collect();
         patients.insert(7, incomplete("thin-1"));
         let extra = [json!({"name": "count", "valueInteger": 3})];
         let loc = kick_ok(&c, &srv, &params(&patients, &extra)).await;
@@ -1743,7 +1746,7 @@ mod tests {
             let want = match k {
                 7 => "Patient/thin-1".to_string(),
                 k if k < 7 => format!("Patient/sub-{k}"),
-                k => format!("Patient/sub-{}", k - 1),
+                k => format!("Patient/sub-{}", (k - 1) % 120),
             };
             assert_eq!(ext["valueReference"]["reference"], want.as_str());
             let entries = b["entry"].as_array().unwrap();
@@ -1783,7 +1786,7 @@ mod tests {
                 );
             }
             // The best candidate is the registry person the query was copied from.
-            let src = if k < 7 { k } else { k - 1 };
+            let src = if k < 7 { k } else { k - 1 } % 120;
             assert_eq!(
                 matches[0]["resource"]["id"],
                 format!("IIS{src:06}").as_str()
@@ -2200,6 +2203,83 @@ mod tests {
         assert!(scores.windows(2).all(|w| w[0] >= w[1]));
     }
 
+    #[tokio::test]
+    async fn generated_registry_patients_find_themselves() {
+        let reg = Arc::new(Registry::generate(500, 1));
+        let srv = start(reg.clone(), fast_cfg(), "127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let c = reqwest::Client::new();
+        let picks: Vec<usize> = (0..500).step_by(25).collect();
+        let patients: Vec<Value> = picks
+            .iter()
+            .map(|&i| {
+                let mut d = reg.patient(i).clone();
+                d.iis_id = None;
+                to_patient(&format!("q{i}"), &d)
+            })
+            .collect();
+        let loc = kick_ok(&c, &srv, &params(&patients, &[])).await;
+        let url = manifest(&c, &loc).await["output"][0]["url"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let bundles = lines(&c.get(&url).send().await.unwrap().text().await.unwrap());
+        assert_eq!(bundles.len(), picks.len());
+        for (b, &i) in bundles.iter().zip(&picks) {
+            let want = reg.patient(i).iis_id.clone().unwrap();
+            let ids: Vec<&str> = b["entry"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|e| e["resource"]["id"].as_str())
+                .collect();
+            assert!(ids.contains(&want.as_str()), "{want} not among {ids:?}");
+            let top = &b["entry"][0]["search"];
+            assert_eq!(top["extension"][0]["valueCode"], "certain", "{i}");
+        }
+    }
+
+    /// Throughput probe: `cargo test --lib sim::server -- --ignored --nocapture`.
+    #[tokio::test]
+    #[ignore]
+    async fn throughput_probe() {
+        let t = Instant::now();
+        let reg = Arc::new(Registry::generate(100_000, 7));
+        eprintln!("registry: {:?}", t.elapsed());
+        let srv = start(
+            reg.clone(),
+            SimConfig {
+                resource_limit: 10_000,
+                ..fast_cfg()
+            },
+            "127.0.0.1:0".parse().unwrap(),
+        )
+        .await
+        .unwrap();
+        let c = reqwest::Client::new();
+        let patients: Vec<Value> = (0..10_000)
+            .map(|i| to_patient(&format!("q{i}"), reg.patient(i * 7)))
+            .collect();
+        let t = Instant::now();
+        let loc = kick_ok(&c, &srv, &params(&patients, &[])).await;
+        let m = manifest(&c, &loc).await;
+        eprintln!("10k matched: {:?}", t.elapsed());
+        let mut bytes = 0;
+        for o in m["output"].as_array().unwrap() {
+            bytes += c
+                .get(o["url"].as_str().unwrap())
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len();
+        }
+        eprintln!("downloaded {bytes} bytes: {:?}", t.elapsed());
+    }
+
     #[test]
     fn truncation_point_is_inside_a_line() {
         let data = b"aaaa\nbbbbbbbb\ncccc\n";
@@ -2225,71 +2305,5 @@ mod tests {
             ..Demographics::default()
         };
         assert!(too_little_data(&only_dob));
-    }
-}
-
-// TEMP shim, replaced by crate::sim::registry once it compiles.
-mod shim {
-    use crate::domain::{Demographics, MatchGrade};
-    #[derive(Clone, Debug, Default)]
-    pub struct GradeThresholds;
-    pub struct SearchOptions {
-        pub only_single_match: bool,
-        pub only_certain_matches: bool,
-        pub count: Option<u32>,
-        pub thresholds: GradeThresholds,
-    }
-    pub struct Hit {
-        pub index: usize,
-        pub score: f64,
-        pub grade: MatchGrade,
-    }
-    pub struct Registry(Vec<Demographics>);
-    impl Registry {
-        pub fn new(mut v: Vec<Demographics>) -> Registry {
-            for (i, d) in v.iter_mut().enumerate() {
-                if d.iis_id.is_none() {
-                    d.iis_id = Some(format!("{}", 100000 + i));
-                }
-            }
-            Registry(v)
-        }
-        pub fn patient(&self, i: usize) -> &Demographics {
-            &self.0[i]
-        }
-        pub fn search(&self, q: &Demographics, o: &SearchOptions) -> Vec<Hit> {
-            let mut hits: Vec<Hit> = self
-                .0
-                .iter()
-                .enumerate()
-                .filter_map(|(i, d)| {
-                    let fam = d.family == q.family;
-                    let dob = d.birth_date == q.birth_date;
-                    let giv = d.given == q.given;
-                    let s = [fam, dob, giv].iter().filter(|x| **x).count();
-                    match s {
-                        3 => Some(Hit {
-                            index: i,
-                            score: 0.97,
-                            grade: MatchGrade::Certain,
-                        }),
-                        2 if !o.only_certain_matches => Some(Hit {
-                            index: i,
-                            score: 0.7,
-                            grade: MatchGrade::Probable,
-                        }),
-                        _ => None,
-                    }
-                })
-                .collect();
-            hits.sort_by(|a, b| b.score.total_cmp(&a.score));
-            if o.only_single_match {
-                hits.truncate(1);
-            }
-            if let Some(c) = o.count {
-                hits.truncate(c as usize);
-            }
-            hits
-        }
     }
 }

@@ -49,6 +49,8 @@ pub struct CohortInfo {
 /// Metadata of an import, recorded on the version when the import finishes.
 #[derive(Clone, Debug, Default)]
 pub struct VersionMeta {
+    /// Size and modification time of the imported file (see `engine::file_fingerprint`).
+    pub fingerprint: String,
     pub format: String,
     pub encoding: String,
     pub mapping_json: String,
@@ -192,6 +194,19 @@ impl Store {
             .ctx("reading import problems")?;
         rows.collect::<rusqlite::Result<Vec<_>>>()
             .ctx("reading import problems")
+    }
+
+    /// The file fingerprint recorded by the cohort's current version.
+    pub fn current_fingerprint(&self, cohort_id: i64) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT v.file_fingerprint FROM cohorts c JOIN cohort_versions v ON v.id = c.current_version
+                 WHERE c.id = ?1",
+                [cohort_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading the cohort's last import")
     }
 
     /// Rows that left the cohort (absent from its current version), as `(source_id, version)`.
@@ -374,7 +389,7 @@ impl ImportWriter<'_> {
             .execute(
                 "UPDATE cohort_versions SET format = ?2, encoding = ?3, mapping_json = ?4,
                     good_rows = ?5, bad_rows = ?6, warnings = ?7, new_rows = ?8,
-                    changed_rows = ?9, left_rows = ?10 WHERE id = ?1",
+                    changed_rows = ?9, left_rows = ?10, file_fingerprint = ?11 WHERE id = ?1",
                 params![
                     self.version_id,
                     meta.format,
@@ -385,7 +400,8 @@ impl ImportWriter<'_> {
                     meta.warnings as i64,
                     self.diff.new_rows as i64,
                     self.diff.changed_rows as i64,
-                    self.diff.left_rows as i64
+                    self.diff.left_rows as i64,
+                    meta.fingerprint
                 ],
             )
             .ctx("recording the import")?;

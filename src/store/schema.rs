@@ -30,6 +30,8 @@ fn v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             cohort_id     INTEGER NOT NULL REFERENCES cohorts(id),
             imported_at   TEXT NOT NULL,
             file_path     TEXT NOT NULL,
+            -- size and modification time of the file, to tell whether it changed since
+            file_fingerprint TEXT NOT NULL DEFAULT '',
             format        TEXT NOT NULL,
             encoding      TEXT NOT NULL,
             mapping_json  TEXT NOT NULL,
