@@ -252,7 +252,12 @@ fn score_equals_compare_score_and_normalizes_candidates() {
     twin.given = Some("HENRY".into());
     let w = william();
     let prepared = prepare(&w);
-    for cand in [moved(william()), twin, Demographics::default(), raw_candidate.clone()] {
+    for cand in [
+        moved(william()),
+        twin,
+        Demographics::default(),
+        raw_candidate.clone(),
+    ] {
         let s = score(&w, &cand);
         assert_eq!(compare(&w, &cand).score, s);
         assert_eq!(score_prepared(&prepared, &prepare(&cand)), s);
@@ -521,23 +526,4 @@ fn one_clear_error_on_a_full_row_lands_in_probable() {
         let s = score(&william(), &cand);
         assert_eq!(g(s), Some(MatchGrade::Probable), "{what}: {s}");
     }
-}
-#[test]
-fn zz_timing() {
-    let w = william();
-    let mut cands = Vec::new();
-    for i in 0..50u32 {
-        let mut c = moved(william());
-        c.given = Some(["MARIA","BILL","HENRY","WILLIAM","JOHN"][i as usize % 5].into());
-        c.family = Some(["GARCIA","JOHNSON","JOHNSNO","SMITH-JONES","LEE"][i as usize % 5].into());
-        c.birth_date = date(2010 + (i % 5) as i32, 1 + i % 12, 1 + i % 28);
-        cands.push(c);
-    }
-    let t = std::time::Instant::now();
-    let mut acc = 0.0;
-    for _ in 0..2000 { for c in &cands { acc += score(&w, c); } }
-    eprintln!("100k scores: {:?} ({acc})", t.elapsed());
-    let t = std::time::Instant::now();
-    for _ in 0..2000 { for c in &cands { acc += blocking_keys(c).len() as f64; } }
-    eprintln!("100k blocking: {:?} ({acc})", t.elapsed());
 }

@@ -70,9 +70,9 @@ fn osa_stack(a: &[u8], b: &[u8]) -> usize {
     let m = b.len();
     // Three rolling rows (two back, previous, current), selected by index to avoid copies.
     let mut rows = [[0u16; MAX_STACK + 1]; 3];
-    for j in 0..=m {
+    for (j, cell) in rows[1].iter_mut().enumerate().take(m + 1) {
         // j ≤ 48: fits u16.
-        rows[1][j] = j as u16;
+        *cell = j as u16;
     }
     let (mut two, mut prev, mut cur) = (0usize, 1usize, 2usize);
     for i in 0..a.len() {

@@ -108,7 +108,10 @@ impl RetryState<'_> {
 /// The body of an error response, digested.
 struct ErrorBody {
     issues: Vec<RowIssue>,
+    /// The OperationOutcome summary, a snippet of a text body, or the status reason phrase.
     message: String,
+    /// Whether `message` came from the body (not just the reason phrase).
+    from_body: bool,
     mentions_accept: bool,
 }
 
@@ -368,8 +371,7 @@ impl BulkMatchClient {
             413 => Err(NetError::TooLarge {
                 sent,
                 bytes: body.len(),
-                limit_hint: (!eb.issues.is_empty() || !eb.message.is_empty())
-                    .then(|| eb.message.clone()),
+                limit_hint: eb.from_body.then(|| eb.message.clone()),
             }),
             429 => Ok(Attempt::Retry {
                 err: NetError::Throttled {
@@ -938,6 +940,7 @@ async fn read_error_body(resp: Response) -> ErrorBody {
         .map(|v| parse_issues(&v))
         .unwrap_or_default();
     let text_lower;
+    let mut from_body = true;
     let message = if issues.is_empty() {
         let text = String::from_utf8_lossy(&body);
         let one_line: String = text
@@ -949,6 +952,7 @@ async fn read_error_body(resp: Response) -> ErrorBody {
             .collect();
         text_lower = one_line.to_ascii_lowercase();
         if one_line.is_empty() || one_line.starts_with('<') {
+            from_body = false;
             reason
         } else {
             truncate_chars(one_line, 300)
@@ -959,6 +963,7 @@ async fn read_error_body(resp: Response) -> ErrorBody {
         s
     };
     ErrorBody {
+        from_body,
         mentions_accept: text_lower.contains("accept"),
         issues,
         message,

@@ -220,7 +220,8 @@ impl AcceptMode {
         }
     }
 
-    pub(crate) fn from_u8(v: u8) -> Self {
+    /// The inverse of `mode as u8` (unknown values give the spec's default, `FhirJson`).
+    pub fn from_u8(v: u8) -> Self {
         match v {
             1 => AcceptMode::FhirNdjson,
             2 => AcceptMode::Any,

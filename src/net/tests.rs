@@ -535,6 +535,47 @@ async fn kick_off_without_content_location_is_a_bad_response() {
 }
 
 #[tokio::test]
+async fn kick_off_413_without_outcome_has_no_hint() {
+    let s = start(|_, _| resp(413, &[], "<html>too big</html>")).await;
+    let err = client(&s)
+        .kick_off(&patients(), &MatchOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            NetError::TooLarge {
+                limit_hint: None,
+                sent: 2,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("send fewer patients"), "{err}");
+}
+
+fn assert_send<T: Send>(_: &T) {}
+
+#[test]
+fn client_futures_are_send_so_the_engine_can_spawn_them() {
+    let c = BulkMatchClient::new("http://127.0.0.1:1/fhir", ClientConfig::default()).unwrap();
+    let p = patients();
+    let o = MatchOptions::default();
+    let u = Url::parse("http://127.0.0.1:1/status").unwrap();
+    let cancel = CancelFlag::new();
+    let mut on_poll = |_: PollEvent| {};
+    let mut on_line = |_: u64, _: &[u8]| Ok(());
+    assert_send(&c.kick_off(&p, &o));
+    assert_send(&c.poll_once(&u));
+    assert_send(&c.wait_for_manifest(&u, &mut on_poll, &cancel));
+    assert_send(&c.delete(&u));
+    assert_send(&c.download_lines("f.ndjson", true, &mut on_line));
+    fn assert_sync<T: Send + Sync + Clone>(_: &T) {}
+    assert_sync(&c);
+}
+
+#[tokio::test]
 async fn kick_off_refuses_an_insecure_status_url() {
     let s = start(|_, _| accepted("http://iis.example.org/status/1")).await;
     let err = client(&s)

@@ -623,3 +623,18 @@ mod tests {
         assert!(p.local_id.is_none());
     }
 }
+#[cfg(test)]
+mod scratch {
+    #[test]
+    fn scratch_debug() {
+        let reg = super::Registry::generate(500, 1);
+        for i in [25usize, 50, 75] {
+            let mut d = reg.patient(i).clone();
+            d.iis_id = None;
+            let j = crate::fhir::patient::to_patient("q", &d);
+            let back = crate::fhir::patient::from_patient(&j);
+            let c = crate::matching::compare(&back, reg.patient(i));
+            println!("{i} {:?}\n{}\n{:#?}", reg.patient(i), j, c);
+        }
+    }
+}
