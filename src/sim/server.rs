@@ -2271,6 +2271,7 @@ mod tests {
             .collect();
         let t = Instant::now();
         let loc = kick_ok(&c, &srv, &params(&patients, &[])).await;
+        eprintln!("kick-off accepted: {:?}", t.elapsed());
         let m = manifest(&c, &loc).await;
         eprintln!("10k matched: {:?}", t.elapsed());
         let mut bytes = 0;
@@ -2286,6 +2287,12 @@ mod tests {
                 .len();
         }
         eprintln!("downloaded {bytes} bytes: {:?}", t.elapsed());
+        let t = Instant::now();
+        let opts = SearchOptions::default();
+        let hits: usize = (0..10_000)
+            .map(|i| reg.search(reg.patient(i * 7), &opts).len())
+            .sum();
+        eprintln!("search alone, one thread: {hits} hits in {:?}", t.elapsed());
     }
 
     #[test]
