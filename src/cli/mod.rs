@@ -320,6 +320,7 @@ async fn sim_cmd(a: SimArgs) -> Result<u8> {
         retry_after_secs: a.retry_after,
         processing_rate: a.rate,
         faults,
+        requires_access_token: a.require_token.is_some(),
         require_token: a.require_token,
         ..SimConfig::default()
     };

@@ -112,7 +112,7 @@ pub(crate) fn json_type(v: &Value) -> &'static str {
 pub struct MatchBundle {
     /// The id of the submitted Patient this Bundle answers (`Patient/1234` → `1234`).
     pub submitted_id: String,
-    /// Candidates sorted by score, best first (missing scores last, server order kept for ties),
+    /// Candidates sorted by score, best first (missing scores last; ties by grade, then id),
     /// ranked 1, 2, ...
     pub candidates: Vec<Candidate>,
     /// Issues from OperationOutcome entries (row-level errors, warnings, advice).
@@ -199,12 +199,20 @@ pub fn parse_match_bundle(line: &[u8]) -> Result<MatchBundle, FhirError> {
             demographics,
         });
     }
-    // Stable sort: best score first, missing scores last, server order kept among ties.
-    candidates.sort_by(|a, b| match (a.score, b.score) {
-        (Some(x), Some(y)) => y.partial_cmp(&x).unwrap_or(Ordering::Equal),
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => Ordering::Equal,
+    // Best score first, missing scores last. Ties are broken by grade, then by id, so the
+    // ranking does not depend on the order in which a server listed tied entries (servers send
+    // them out of order).
+    candidates.sort_by(|a, b| {
+        let by_score = match (a.score, b.score) {
+            (Some(x), Some(y)) => y.partial_cmp(&x).unwrap_or(Ordering::Equal),
+            (Some(_), None) => Ordering::Less,
+            (None, Some(_)) => Ordering::Greater,
+            (None, None) => Ordering::Equal,
+        };
+        let grade_rank = |g: Option<MatchGrade>| g.map(|g| g as u8).unwrap_or(u8::MAX);
+        by_score
+            .then_with(|| grade_rank(a.grade).cmp(&grade_rank(b.grade)))
+            .then_with(|| a.iis_id.cmp(&b.iis_id))
     });
     for (i, c) in candidates.iter_mut().enumerate() {
         c.rank = u32::try_from(i + 1).unwrap_or(u32::MAX);

@@ -10,3 +10,5 @@ pub mod bundle;
 pub mod manifest;
 pub mod outcome;
 pub mod patient;
+
+pub use bundle::FhirError;

@@ -150,7 +150,6 @@ pub mod share {
     pub const YEAR_OFF: f64 = 0.4;
     pub const AREA_CODE: f64 = 0.5;
     pub const PHONE_DIGIT: f64 = 0.6;
-    pub const LAST_FOUR: f64 = 0.5;
     pub const SSN_DIGIT: f64 = 0.4;
     pub const UNIT: f64 = 0.8;
     pub const ADDRESS: f64 = 0.6;
@@ -485,11 +484,13 @@ fn last4(s: &str) -> &str {
 pub fn ssn(a: &str, b: &str) -> Cmp {
     let partial = a.len() == 4 || b.len() == 4;
     if partial {
+        // Equal last four digits are agreement (a chance collision is 1 in 10,000); the note
+        // tells the reviewer that only four digits were compared.
         return if last4(a) == last4(b) {
             if a.len() == 4 && b.len() == 4 {
-                near(Note::LastFourOnly, share::LAST_FOUR)
+                agree(Note::LastFourOnly)
             } else {
-                near(Note::LastFourAgree, share::LAST_FOUR)
+                agree(Note::LastFourAgree)
             }
         } else {
             differ(Note::Different)

@@ -82,7 +82,10 @@ struct RetryState<'a> {
     cfg: &'a crate::net::RetryConfig,
     backoff: Backoff,
     start: Instant,
+    /// Retries since the start (or since the last progress, see [`RetryState::progress_made`]).
     retries: u32,
+    /// Retries in all.
+    total: u32,
 }
 
 impl RetryState<'_> {
@@ -95,6 +98,7 @@ impl RetryState<'_> {
             return Err(err.with_retries(self.retries));
         }
         self.retries += 1;
+        self.total += 1;
         debug!(
             retry = self.retries,
             delay_ms = delay.as_millis() as u64,
@@ -102,6 +106,14 @@ impl RetryState<'_> {
         );
         tokio::time::sleep(delay).await;
         Ok(())
+    }
+
+    /// The failed attempt still got further than any before it (a long download that broke
+    /// off): start a fresh budget, so a big file on a flaky line is not abandoned.
+    fn progress_made(&mut self) {
+        self.start = Instant::now();
+        self.retries = 0;
+        self.backoff.reset();
     }
 }
 
@@ -195,6 +207,7 @@ impl BulkMatchClient {
             backoff: self.backoff(),
             start: Instant::now(),
             retries: 0,
+            total: 0,
         }
     }
 
@@ -627,7 +640,10 @@ impl BulkMatchClient {
     ///
     /// The bearer token is sent only if `requires_access_token` and the file is on the FHIR
     /// base's origin. A broken-off or failed attempt is restarted from the beginning, and lines
-    /// already delivered are skipped, so `on_line` sees each line exactly once. `404`/`410` →
+    /// already delivered are skipped, so `on_line` sees each line exactly once (this assumes
+    /// the server sends the same file again, which the bulk data pattern guarantees until the
+    /// file expires). The retry budget starts afresh whenever an attempt got further than the
+    /// previous ones, so a large file on a flaky connection is not abandoned. `404`/`410` →
     /// [`NetError::Expired`] (poll again for a fresh manifest). An error returned by `on_line`
     /// stops the download and is returned as is.
     pub async fn download_lines(
@@ -655,14 +671,23 @@ impl BulkMatchClient {
         let with_token = requires_access_token && same;
         let mut stats = DownloadStats::default();
         let mut delivered: u64 = 0;
+        let mut suspect_tail: Option<u64> = None;
         let mut rs = self.retry_state();
         loop {
+            let before = delivered;
             let attempt = self
-                .download_attempt(&url, with_token, &mut delivered, &mut stats, on_line)
+                .download_attempt(
+                    &url,
+                    with_token,
+                    &mut delivered,
+                    &mut suspect_tail,
+                    &mut stats,
+                    on_line,
+                )
                 .await?;
             match attempt {
                 Attempt::Done(()) => {
-                    stats.retries = rs.retries;
+                    stats.retries = rs.total;
                     debug!(
                         lines = stats.lines,
                         bytes = stats.bytes,
@@ -676,6 +701,9 @@ impl BulkMatchClient {
                         delivered_lines = delivered,
                         "download attempt failed; restarting"
                     );
+                    if delivered > before {
+                        rs.progress_made();
+                    }
                     rs.pause(err, after).await?;
                 }
             }
@@ -687,6 +715,7 @@ impl BulkMatchClient {
         start_url: &Url,
         with_token: bool,
         delivered: &mut u64,
+        suspect_tail: &mut Option<u64>,
         stats: &mut DownloadStats,
         on_line: &mut LineSink<'_>,
     ) -> Result<Attempt<()>, NetError> {
@@ -809,6 +838,28 @@ impl BulkMatchClient {
                     };
                     return Ok(Attempt::Retry { err, after: None });
                 }
+            }
+        }
+        // A body that ends without a final newline in the middle of a JSON value was most
+        // likely cut short (a server or proxy that streams without Content-Length cannot signal
+        // it otherwise): download again. If the same tail comes back twice, it is what the
+        // server means to send; deliver it and let the consumer judge the line.
+        let tail = splitter.pending();
+        if !tail.trim_ascii().is_empty()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(tail).is_err()
+        {
+            let tail_line = splitter.lines_seen() + 1;
+            if *suspect_tail != Some(tail_line) {
+                *suspect_tail = Some(tail_line);
+                return Ok(Attempt::Retry {
+                    err: NetError::Interrupted {
+                        url: shown,
+                        bytes,
+                        detail: format!("the file ended in the middle of line {tail_line}"),
+                        retries: 0,
+                    },
+                    after: None,
+                });
             }
         }
         splitter.finish(&mut deliver)?;

@@ -73,6 +73,11 @@ impl LineSplitter {
         Ok(())
     }
 
+    /// The bytes after the last `\n` (a final line not terminated yet).
+    pub fn pending(&self) -> &[u8] {
+        &self.buf
+    }
+
     /// Lines completed so far.
     pub fn lines_seen(&self) -> u64 {
         self.line_no

@@ -585,19 +585,22 @@ async fn kick_off_refuses_an_insecure_status_url() {
     assert!(matches!(err, NetError::Insecure { .. }), "{err:?}");
 }
 
-/// A raw TCP server: the first `drops` connections are closed after reading the request head
-/// without any answer; later ones get a 202 with a Content-Location.
-async fn dropping_server(drops: usize) -> (String, Arc<AtomicUsize>) {
+/// A raw TCP server for breakage axum cannot produce. Connection `i` reads one request and
+/// gets `answers[i]` (the last one for later connections) written verbatim, then is closed; an
+/// empty answer closes the connection without a reply.
+async fn raw_server(answers: Vec<Vec<u8>>) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
     let conns2 = conns.clone();
+    let answers = Arc::new(answers);
     tokio::spawn(async move {
         loop {
             let Ok((mut sock, _)) = listener.accept().await else {
                 return;
             };
             let n = conns2.fetch_add(1, Ordering::SeqCst);
+            let answer = answers[n.min(answers.len() - 1)].clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 64 * 1024];
                 let mut got = Vec::new();
@@ -611,9 +614,6 @@ async fn dropping_server(drops: usize) -> (String, Arc<AtomicUsize>) {
                     }
                     got.extend_from_slice(&buf[..k]);
                     if let Some(head_end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                        if n < drops {
-                            return; // drop the connection without answering
-                        }
                         let head = String::from_utf8_lossy(&got[..head_end]).to_lowercase();
                         let len: usize = head
                             .lines()
@@ -625,9 +625,10 @@ async fn dropping_server(drops: usize) -> (String, Arc<AtomicUsize>) {
                         }
                     }
                 }
-                let answer = "HTTP/1.1 202 Accepted\r\nContent-Location: /fhir/status/9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
-                let _ = sock.write_all(answer.as_bytes()).await;
-                let _ = sock.shutdown().await;
+                if !answer.is_empty() {
+                    let _ = sock.write_all(&answer).await;
+                    let _ = sock.shutdown().await;
+                }
             });
         }
     });
@@ -636,7 +637,8 @@ async fn dropping_server(drops: usize) -> (String, Arc<AtomicUsize>) {
 
 #[tokio::test]
 async fn kick_off_retries_a_dropped_connection() {
-    let (base, conns) = dropping_server(2).await;
+    let ok = b"HTTP/1.1 202 Accepted\r\nContent-Location: /fhir/status/9\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (base, conns) = raw_server(vec![vec![], vec![], ok.to_vec()]).await;
     let c = BulkMatchClient::new(&format!("{base}/fhir"), test_config()).unwrap();
     let k = c
         .kick_off(&patients(), &MatchOptions::default())
@@ -998,6 +1000,26 @@ fn ndjson(n: usize) -> String {
         .collect()
 }
 
+/// A body that delivers `head` and then breaks off (the connection is aborted mid-body). The
+/// pause lets the server flush the response head and the first chunk before the error; without
+/// it, hyper meets the error before sending anything and the client sees a dropped connection.
+fn broken_body(head: Vec<u8>) -> Body {
+    let stream = futures_util::stream::unfold(0u8, move |state| {
+        let head = head.clone();
+        async move {
+            match state {
+                0 => Some((Ok(Bytes::from(head)), 1)),
+                1 => {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                    Some((Err(std::io::Error::other("connection cut")), 2))
+                }
+                _ => None,
+            }
+        }
+    });
+    Body::from_stream(stream)
+}
+
 /// A body delivered in `chunk`-byte pieces (each its own HTTP chunk).
 fn chunked_body(data: String, chunk: usize) -> Body {
     let pieces: Vec<Result<Bytes, std::io::Error>> = data
@@ -1073,41 +1095,118 @@ async fn download_is_gzip_decoded_transparently() {
     assert_eq!(s.encodings.lock().unwrap()[0].as_deref(), Some("gzip"));
 }
 
+/// Download `url`, recording for each delivered line how many requests the server had seen.
+async fn lines_with_attempt(
+    c: &BulkMatchClient,
+    url: &str,
+    s: &TestServer,
+) -> Result<(Vec<(u64, usize)>, DownloadStats), NetError> {
+    let mut seen = Vec::new();
+    let log = s.log.clone();
+    let stats = c
+        .download_lines(url, false, &mut |n, l| {
+            let text = std::str::from_utf8(l).unwrap();
+            assert!(text.contains(&format!("\"n\":{n},")), "line {n}: {text}");
+            seen.push((n, log.lock().unwrap().len()));
+            Ok(())
+        })
+        .await?;
+    Ok((seen, stats))
+}
+
 #[tokio::test]
 async fn truncated_download_is_retried_without_duplicates() {
     let full = ndjson(50);
     let cut = full.len() * 2 / 3 + 3; // mid-line
     let s = start(move |_, n| {
         if n == 0 {
-            let head = full.as_bytes()[..cut].to_vec();
-            let pieces: Vec<Result<Bytes, std::io::Error>> = vec![
-                Ok(Bytes::from(head)),
-                Err(std::io::Error::new(
-                    std::io::ErrorKind::ConnectionReset,
-                    "cut",
-                )),
-            ];
-            resp(
-                200,
-                &[],
-                Body::from_stream(futures_util::stream::iter(pieces)),
-            )
+            resp(200, &[], broken_body(full.as_bytes()[..cut].to_vec()))
         } else {
             resp(200, &[], full.clone())
         }
     })
     .await;
-    let (lines, stats) = collect_lines(&client(&s), &s.url("/files/1.ndjson"), false)
+    let (seen, stats) = lines_with_attempt(&client(&s), &s.url("/files/1.ndjson"), &s)
         .await
         .unwrap();
-    let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+    let numbers: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
     assert_eq!(numbers, (1..=50).collect::<Vec<u64>>());
-    for (n, l) in &lines {
-        assert!(l.contains(&format!("\"n\":{n},")), "line {n}: {l}");
-    }
+    // The first attempt really delivered lines before it broke; the second delivered the rest.
+    let first = seen.iter().filter(|(_, req)| *req == 1).count();
+    assert!(
+        first > 20 && first < 50,
+        "{first} lines from the first attempt"
+    );
     assert_eq!(stats.retries, 1);
     assert_eq!(stats.lines, 50);
     assert_eq!(s.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn download_shorter_than_its_content_length_is_retried() {
+    let full = ndjson(30);
+    let partial = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+ndjson\r\nContent-Length: {}\r\n\r\n{}",
+        full.len(),
+        &full[..full.len() / 2]
+    );
+    let complete = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{full}",
+        full.len()
+    );
+    let (base, conns) = raw_server(vec![partial.into_bytes(), complete.into_bytes()]).await;
+    let c = BulkMatchClient::new(&format!("{base}/fhir"), test_config()).unwrap();
+    let (lines, stats) = collect_lines(&c, &format!("{base}/f.ndjson"), false)
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = lines.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=30).collect::<Vec<u64>>());
+    assert_eq!(stats.retries, 1);
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn download_that_keeps_breaking_but_progresses_is_not_abandoned() {
+    // Each attempt gets 8 lines further than the previous one before the connection breaks:
+    // 5 breaks, more than max_retries (3), yet the download completes.
+    let full = ndjson(60);
+    let line_len: Vec<usize> = full.split_inclusive('\n').map(str::len).collect();
+    let s = start(move |_, n| {
+        if n < 5 {
+            let cut: usize = line_len[..8 * (n + 1)].iter().sum::<usize>() + 2;
+            resp(200, &[], broken_body(full.as_bytes()[..cut].to_vec()))
+        } else {
+            resp(200, &[], full.clone())
+        }
+    })
+    .await;
+    let (seen, stats) = lines_with_attempt(&client(&s), &s.url("/files/1.ndjson"), &s)
+        .await
+        .unwrap();
+    let numbers: Vec<u64> = seen.iter().map(|(n, _)| *n).collect();
+    assert_eq!(numbers, (1..=60).collect::<Vec<u64>>());
+    // Attempt k (1-based) contributed lines 8(k-1)+1 ..= 8k.
+    for (n, req) in &seen[..40] {
+        assert_eq!(*req as u64, (n - 1) / 8 + 1, "line {n}");
+    }
+    assert_eq!(stats.retries, 5);
+
+    // Without progress, the budget runs out: max_retries (3) restarts, then the error.
+    let s = start(|_, _| resp(200, &[], broken_body(b"{\"a\":1}\n{\"par".to_vec()))).await;
+    let mut seen = Vec::new();
+    let err = client(&s)
+        .download_lines(&s.url("/f"), false, &mut |n, _| {
+            seen.push(n);
+            Ok(())
+        })
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert!(err.to_string().contains("broke off"), "{err}");
+    assert!(err.to_string().contains("after 3 retries"), "{err}");
+    assert_eq!(seen, [1]);
+    // The first attempt delivers line 1; the 3 retries after it make no progress.
+    assert_eq!(s.requests().len(), 4);
 }
 
 #[tokio::test]

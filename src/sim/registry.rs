@@ -179,6 +179,9 @@ impl Registry {
     pub fn load(path: &Path, mapping: Option<&Mapping>) -> Result<Registry, RegistryError> {
         let preview = import::preview(path, 0)?;
         let ndjson = preview.format == "ndjson";
+        // The IIS id column is read as the local id: the importer then checks it is present and
+        // unique, and does not reject namesakes and near-duplicates (legitimate in a registry)
+        // as duplicate rows.
         let mapping = if ndjson {
             mapping.cloned()
         } else {
@@ -186,21 +189,22 @@ impl Registry {
                 Some(m) => m.clone(),
                 None => preview.automapping.clone(),
             };
-            if !m.columns.iter().any(|(_, f)| *f == Field::IisId) {
-                let guessed = preview.headers.iter().find(|h| is_iis_id_header(h));
-                match guessed {
+            let id_column = match m.columns.iter().find(|(_, f)| *f == Field::IisId) {
+                Some((c, _)) => c.clone(),
+                None => match preview.headers.iter().find(|h| is_iis_id_header(h)) {
                     // A header the user mapped elsewhere is not taken over.
-                    Some(h) if !m.columns.iter().any(|(c, _)| c == h) => {
-                        m.columns.push((h.clone(), Field::IisId));
-                    }
+                    Some(h) if !m.columns.iter().any(|(c, _)| c == h) => h.clone(),
                     _ => {
                         return Err(RegistryError::NoIisIdColumn {
                             path: path.to_path_buf(),
                             headers: preview.headers.join(", "),
                         });
                     }
-                }
-            }
+                },
+            };
+            m.columns
+                .retain(|(c, f)| *c != id_column && !matches!(f, Field::IisId | Field::LocalId));
+            m.columns.push((id_column, Field::LocalId));
             Some(m)
         };
 
@@ -211,17 +215,15 @@ impl Registry {
             match item {
                 ImportItem::Good(row) => {
                     let mut d = row.normalized;
-                    let id = row
-                        .original
-                        .iis_id
-                        .or(d.iis_id.take())
-                        .or_else(|| if ndjson { d.local_id.clone() } else { None })
+                    let id = d
+                        .local_id
+                        .take()
+                        .or(row.original.local_id)
                         .map(|s| s.trim().to_string())
                         .filter(|s| !s.is_empty());
                     match id {
                         Some(id) => {
                             d.iis_id = Some(id);
-                            d.local_id = None;
                             patients.push(d);
                         }
                         None => without_id += 1,
@@ -395,9 +397,15 @@ mod tests {
         let reg = Registry::new(vec![a, b]);
         assert_eq!(reg.len(), 2);
         let id0 = reg.patient(0).iis_id.clone().unwrap();
-        assert_ne!(id0, "IIS1", "an assigned id never collides with an existing one");
+        assert_ne!(
+            id0, "IIS1",
+            "an assigned id never collides with an existing one"
+        );
         assert_eq!(reg.by_iis_id(&id0).unwrap().given.as_deref(), Some("JOHN"));
-        assert_eq!(reg.by_iis_id("IIS1").unwrap().given.as_deref(), Some("MARY"));
+        assert_eq!(
+            reg.by_iis_id("IIS1").unwrap().given.as_deref(),
+            Some("MARY")
+        );
         assert!(reg.by_iis_id("IIS999").is_none());
     }
 
@@ -429,7 +437,10 @@ mod tests {
         assert!(!ids.contains(&"D"), "a stranger is not a candidate");
         assert!(all.windows(2).all(|w| w[0].score >= w[1].score));
         for h in &all {
-            assert_eq!(Some(h.grade), matching::grade(h.score, &GradeThresholds::default()));
+            assert_eq!(
+                Some(h.grade),
+                matching::grade(h.score, &GradeThresholds::default())
+            );
         }
 
         let count1 = reg.search(
@@ -571,7 +582,7 @@ mod tests {
         let recall5 = top5 as f64 / inside as f64;
         let false_certain = outside_certain as f64 / outside as f64;
         let mut misses: Vec<_> = misses.into_iter().collect();
-        misses.sort_by(|a, b| b.1.cmp(&a.1));
+        misses.sort_by_key(|m| std::cmp::Reverse(m.1));
         println!(
             "recall@1 {recall1:.4}, recall@5 {recall5:.4} ({inside} in registry); \
              not in registry with a certain hit {false_certain:.4} ({outside}); misses by \
@@ -623,18 +634,53 @@ mod tests {
         assert!(p.local_id.is_none());
     }
 }
+
 #[cfg(test)]
-mod scratch {
+mod perf {
+    use std::time::Instant;
+
+    use super::*;
+    use crate::sim::generate::{CohortConfig, cohort};
+
+    /// Throughput probe (numbers only mean something in an optimized build):
+    /// `cargo test --lib sim::registry::perf -- --ignored --nocapture` with `MATCHDESK_PROBE_N`
+    /// (registry size) and `MATCHDESK_PROBE_Q` (queries).
     #[test]
-    fn scratch_debug() {
-        let reg = super::Registry::generate(500, 1);
-        for i in [25usize, 50, 75] {
-            let mut d = reg.patient(i).clone();
-            d.iis_id = None;
-            let j = crate::fhir::patient::to_patient("q", &d);
-            let back = crate::fhir::patient::from_patient(&j);
-            let c = crate::matching::compare(&back, reg.patient(i));
-            println!("{i} {:?}\n{}\n{:#?}", reg.patient(i), j, c);
+    #[ignore]
+    fn probe() {
+        let n: usize = std::env::var("MATCHDESK_PROBE_N")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(100_000);
+        let t = Instant::now();
+        let patients = generate::registry(&GenConfig::new(n, 1));
+        let gen_time = t.elapsed();
+        let t = Instant::now();
+        let reg = Registry::new(patients);
+        let index_time = t.elapsed();
+        let queries = cohort(
+            reg.patients(),
+            &CohortConfig {
+                size: std::env::var("MATCHDESK_PROBE_Q")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or((n / 10).max(1000)),
+                seed: 2,
+                ..CohortConfig::default()
+            },
+        );
+        let t = Instant::now();
+        let mut found = 0usize;
+        for q in &queries {
+            found += usize::from(!reg.search(&q.record, &SearchOptions::default()).is_empty());
         }
+        let search_time = t.elapsed();
+        eprintln!(
+            "n={n}: generate {gen_time:?}, index {index_time:?} ({} keys, {} postings), \
+             {} searches {search_time:?} ({found} with hits)",
+            reg.keys.len(),
+            reg.postings.len(),
+            queries.len()
+        );
     }
 }

@@ -408,6 +408,7 @@ fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/fhir", fhir)
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), slow))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
@@ -418,6 +419,7 @@ fn file_router(state: Arc<AppState>) -> Router {
     Router::new()
         .nest("/files", file_routes())
         .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), slow))
         .with_state(state)
 }
@@ -435,6 +437,14 @@ async fn unknown_route(State(st): State<Arc<AppState>>) -> Response {
         StatusCode::NOT_FOUND,
         "not-found",
         "No such endpoint on this simulated IIS. The FHIR base is /fhir; the operation is POST /fhir/Patient/$bulk-match.",
+    )
+}
+
+async fn wrong_method(State(st): State<Arc<AppState>>) -> Response {
+    st.outcome(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "not-supported",
+        "This endpoint does not support that HTTP method: kick-off is POST, status is GET or DELETE, files are GET.",
     )
 }
 
@@ -822,11 +832,19 @@ async fn kickoff(
             return st.outcome(status, code, &text);
         }
     };
-    let k = match parse_kickoff(&body, st.cfg.resource_limit) {
-        Ok(k) => k,
-        Err(r) => return st.outcome(r.status, r.code, &r.text),
+    // Parsing thousands of Patients is CPU work: keep it off the async workers.
+    let limit = st.cfg.resource_limit;
+    let k = match tokio::task::spawn_blocking(move || parse_kickoff(&body, limit)).await {
+        Ok(Ok(k)) => k,
+        Ok(Err(r)) => return st.outcome(r.status, r.code, &r.text),
+        Err(e) => {
+            return st.outcome(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "exception",
+                &format!("The kick-off could not be processed: {e}"),
+            );
+        }
     };
-    drop(body);
     st.purge_expired();
 
     let id = new_job_id();
@@ -1175,14 +1193,28 @@ fn line_random(seed: u64, index: usize) -> u64 {
     z ^ (z >> 31)
 }
 
-fn outcome_entry(code: &str, text: &str, numeric: bool) -> Value {
-    json!({
-        "resource": outcome_json(code, text, numeric),
-        "search": { "mode": "outcome" }
-    })
+/// Serialize `v` as JSON onto `out`.
+fn put<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) -> Result<(), String> {
+    serde_json::to_writer(&mut *out, v).map_err(|e| format!("could not serialize JSON: {e}"))
+}
+
+/// Append one `search.mode = outcome` entry.
+fn put_outcome_entry(
+    out: &mut Vec<u8>,
+    code: &str,
+    text: &str,
+    numeric: bool,
+) -> Result<(), String> {
+    out.extend_from_slice(b"{\"resource\":");
+    put(out, &outcome_json(code, text, numeric))?;
+    out.extend_from_slice(b",\"search\":{\"mode\":\"outcome\"}}");
+    Ok(())
 }
 
 /// Append one match Bundle (one ndjson line, with its newline) for a submitted patient.
+///
+/// The envelope is written directly (field order as in the spec's example); only the Patient and
+/// OperationOutcome resources go through `serde_json::Value`. This is the hot path of a large job.
 fn render_bundle(
     out: &mut Vec<u8>,
     registry: &Registry,
@@ -1193,76 +1225,82 @@ fn render_bundle(
     line_index: usize,
 ) -> Result<(), String> {
     let f = &r.faults;
-    let mut entries: Vec<Value> = Vec::new();
-    let mut matches = 0usize;
-    if too_little_data(query) {
-        entries.push(outcome_entry(
+    let incomplete = too_little_data(query);
+    let mut hits = if incomplete {
+        Vec::new()
+    } else {
+        registry.search(query, opts)
+    };
+    if f.shuffle_entries && hits.len() > 1 {
+        let mut rng = ChaCha8Rng::seed_from_u64(line_random(r.seed ^ 0x5348_5546, line_index));
+        let before: Vec<usize> = hits.iter().map(|h| h.index).collect();
+        hits.shuffle(&mut rng);
+        if hits.iter().map(|h| h.index).eq(before.iter().copied()) {
+            hits.reverse();
+        }
+    }
+    let outcomes = usize::from(hits.is_empty());
+    let total = hits.len() + if f.total_counts_outcomes { outcomes } else { 0 };
+
+    let start = out.len();
+    out.extend_from_slice(
+        b"{\"resourceType\":\"Bundle\",\"type\":\"searchset\",\"meta\":{\"extension\":[{\"url\":\"",
+    );
+    out.extend_from_slice(MATCH_RESOURCE_URL.as_bytes());
+    out.extend_from_slice(b"\",\"valueReference\":{\"reference\":");
+    put(out, &format!("Patient/{submitted_id}"))?;
+    out.extend_from_slice(b"}}]},\"total\":");
+    put(out, &total)?;
+    out.extend_from_slice(b",\"entry\":[");
+    for (k, hit) in hits.iter().enumerate() {
+        if k > 0 {
+            out.push(b',');
+        }
+        let d = registry.patient(hit.index);
+        let fallback;
+        let iis_id = match d.iis_id.as_deref() {
+            Some(id) => id,
+            None => {
+                fallback = format!("iis-{}", hit.index);
+                &fallback
+            }
+        };
+        out.extend_from_slice(b"{\"fullUrl\":");
+        if f.relative_full_urls {
+            put(out, &format!("Patient/{iis_id}"))?;
+        } else {
+            put(out, &format!("{}/Patient/{iis_id}", r.base_url))?;
+        }
+        out.extend_from_slice(b",\"resource\":");
+        put(out, &to_patient(iis_id, d))?;
+        out.extend_from_slice(b",\"search\":{\"extension\":[{\"url\":\"");
+        out.extend_from_slice(MATCH_GRADE_URL.as_bytes());
+        out.extend_from_slice(b"\",\"valueCode\":\"");
+        out.extend_from_slice(hit.grade.code().as_bytes());
+        out.extend_from_slice(b"\"}],\"mode\":\"match\",\"score\":");
+        put(
+            out,
+            &((hit.score.clamp(0.0, 1.0) * 1000.0).round() / 1000.0),
+        )?;
+        out.extend_from_slice(b"}}");
+    }
+    if incomplete {
+        put_outcome_entry(
+            out,
             "incomplete",
             "Too little data to match: send at least a family name or a birth date, plus one more identifying field.",
             f.numeric_issue_codes,
-        ));
-    } else {
-        let hits = registry.search(query, opts);
-        matches = hits.len();
-        for hit in &hits {
-            let d = registry.patient(hit.index);
-            let iis_id = d
-                .iis_id
-                .clone()
-                .unwrap_or_else(|| format!("iis-{}", hit.index));
-            let full_url = if f.relative_full_urls {
-                format!("Patient/{iis_id}")
-            } else {
-                format!("{}/Patient/{iis_id}", r.base_url)
-            };
-            let score = (hit.score.clamp(0.0, 1.0) * 1000.0).round() / 1000.0;
-            entries.push(json!({
-                "fullUrl": full_url,
-                "resource": to_patient(&iis_id, d),
-                "search": {
-                    "extension": [{ "url": MATCH_GRADE_URL, "valueCode": hit.grade.code() }],
-                    "mode": "match",
-                    "score": score
-                }
-            }));
-        }
-        if f.shuffle_entries && entries.len() > 1 {
-            let mut rng = ChaCha8Rng::seed_from_u64(line_random(r.seed ^ 0x5348_5546, line_index));
-            let before: Vec<usize> = (0..entries.len()).collect();
-            let mut order = before.clone();
-            order.shuffle(&mut rng);
-            if order == before {
-                order.reverse();
-            }
-            let mut slots: Vec<Option<Value>> = entries.into_iter().map(Some).collect();
-            entries = order.iter().filter_map(|i| slots[*i].take()).collect();
-        }
-        if matches == 0 {
-            entries.push(outcome_entry(
-                "informational",
-                "No patient in the registry matched. Check the spelling of the name and the birth date, or add more identifiers.",
-                f.numeric_issue_codes,
-            ));
-        }
+        )?;
+    } else if hits.is_empty() {
+        put_outcome_entry(
+            out,
+            "informational",
+            "No patient in the registry matched. Check the spelling of the name and the birth date, or add more identifiers.",
+            f.numeric_issue_codes,
+        )?;
     }
-    let total = if f.total_counts_outcomes {
-        entries.len()
-    } else {
-        matches
-    };
-    let bundle = json!({
-        "resourceType": "Bundle",
-        "type": "searchset",
-        "meta": { "extension": [{
-            "url": MATCH_RESOURCE_URL,
-            "valueReference": { "reference": format!("Patient/{submitted_id}") }
-        }]},
-        "total": total,
-        "entry": entries,
-    });
-    let start = out.len();
-    serde_json::to_writer(&mut *out, &bundle)
-        .map_err(|e| format!("could not serialize a match Bundle: {e}"))?;
+    out.extend_from_slice(b"]}");
+
     if f.malformed_rate > 0.0 {
         let roll = line_random(r.seed ^ 0x4D41_4C46, line_index);
         let p = (roll >> 11) as f64 / (1u64 << 53) as f64;
@@ -1613,6 +1651,10 @@ mod tests {
             .unwrap();
         assert_eq!(r.status(), 404);
         assert_eq!(issue_code(&outcome_of(r).await), "not-found");
+        // Wrong method: 405 OperationOutcome.
+        let r = c.get(srv.kickoff_url()).send().await.unwrap();
+        assert_eq!(r.status(), 405);
+        assert_eq!(issue_code(&outcome_of(r).await), "not-supported");
     }
 
     #[tokio::test]
@@ -2269,6 +2311,14 @@ mod tests {
         let patients: Vec<Value> = (0..10_000)
             .map(|i| to_patient(&format!("q{i}"), reg.patient(i * 7)))
             .collect();
+        let body = serde_json::to_vec(&params(&patients, &[])).unwrap();
+        let t = Instant::now();
+        let k = parse_kickoff(&body, 10_000).ok().unwrap();
+        eprintln!(
+            "server-side parse of {} patients: {:?}",
+            k.patients.len(),
+            t.elapsed()
+        );
         let t = Instant::now();
         let loc = kick_ok(&c, &srv, &params(&patients, &[])).await;
         eprintln!("kick-off accepted: {:?}", t.elapsed());
@@ -2293,6 +2343,17 @@ mod tests {
             .map(|i| reg.search(reg.patient(i * 7), &opts).len())
             .sum();
         eprintln!("search alone, one thread: {hits} hits in {:?}", t.elapsed());
+    }
+
+    #[tokio::test]
+    async fn shutdown_stops_the_listener() {
+        let srv = serve(fast_cfg()).await;
+        let url = format!("{}/$bulk-match-status/x", srv.base_url);
+        let c = reqwest::Client::new();
+        assert_eq!(c.get(&url).send().await.unwrap().status(), 404);
+        srv.shutdown().await;
+        let fresh = reqwest::Client::new();
+        assert!(fresh.get(&url).send().await.is_err());
     }
 
     #[test]
