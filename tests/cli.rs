@@ -32,12 +32,18 @@ fn start_sim(registry: &Path, extra: &[&str]) -> Sim {
         .read_line(&mut line)
         .expect("first line");
     let url = line.trim().to_string();
-    assert!(url.starts_with("http://127.0.0.1:") && url.ends_with("/fhir"), "{url:?}");
+    assert!(
+        url.starts_with("http://127.0.0.1:") && url.ends_with("/fhir"),
+        "{url:?}"
+    );
     Sim(child, url)
 }
 
 fn run(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(BIN).args(args).output().expect("run matchdesk");
+    let out = Command::new(BIN)
+        .args(args)
+        .output()
+        .expect("run matchdesk");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -50,8 +56,19 @@ fn generate_sim_match_report_round_trip() {
     let dir = tempfile::tempdir().unwrap();
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
     let (code, _, err) = run(&[
-        "generate", "--patients", "2000", "--seed", "5", "--registry-out", &p("reg.csv"),
-        "--cohort-out", &p("coh.csv"), "--cohort-size", "150", "--truth-out", &p("truth.csv"),
+        "generate",
+        "--patients",
+        "2000",
+        "--seed",
+        "5",
+        "--registry-out",
+        &p("reg.csv"),
+        "--cohort-out",
+        &p("coh.csv"),
+        "--cohort-size",
+        "150",
+        "--truth-out",
+        &p("truth.csv"),
     ]);
     assert_eq!(code, 0, "{err}");
     let truth = std::fs::read_to_string(p("truth.csv")).unwrap();
@@ -59,19 +76,42 @@ fn generate_sim_match_report_round_trip() {
 
     let sim = start_sim(&dir.path().join("reg.csv"), &[]);
     let (code, out, err) = run(&[
-        "match", "--db", &p("ws.db"), "--server", &sim.1, "--chunk-size", "60", "--plain", &p("coh.csv"),
+        "match",
+        "--db",
+        &p("ws.db"),
+        "--server",
+        &sim.1,
+        "--chunk-size",
+        "60",
+        "--plain",
+        &p("coh.csv"),
     ]);
     assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
     assert!(out.contains("imported cohort"), "{out}");
     assert!(out.contains("job 1: completed"), "{out}");
 
     // Again: nothing to do, nothing submitted.
-    let (code, out, _) = run(&["match", "--db", &p("ws.db"), "--server", &sim.1, "--plain", &p("coh.csv")]);
+    let (code, out, _) = run(&[
+        "match",
+        "--db",
+        &p("ws.db"),
+        "--server",
+        &sim.1,
+        "--plain",
+        &p("coh.csv"),
+    ]);
     assert_eq!(code, 0);
     assert!(out.contains("already imported and unchanged"), "{out}");
     assert!(out.contains("nothing to match"), "{out}");
 
-    let (code, out, _) = run(&["report", "--db", &p("ws.db"), "--json", "--export", &p("out")]);
+    let (code, out, _) = run(&[
+        "report",
+        "--db",
+        &p("ws.db"),
+        "--json",
+        "--export",
+        &p("out"),
+    ]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(out.trim()).expect("one JSON object");
     assert_eq!(v["rows"], 150);
@@ -84,7 +124,9 @@ fn generate_sim_match_report_round_trip() {
     assert_eq!(total, 150);
     assert_eq!(v["jobs"].as_array().unwrap().len(), 1);
     let results = std::fs::read_to_string(p("out/results.csv")).unwrap();
-    assert!(results.starts_with("source_id,outcome,best_candidate_id,best_score,best_grade,candidates"));
+    assert!(
+        results.starts_with("source_id,outcome,best_candidate_id,best_score,best_grade,candidates")
+    );
     assert_eq!(results.lines().count(), 151);
     assert!(dir.path().join("out/bad_rows.csv").exists());
 }
@@ -105,25 +147,49 @@ fn bad_rows_are_reported_with_lines_and_exit_code_3() {
     )
     .unwrap();
     let db = dir.path().join("ws.db");
-    let (code, out, err) = run(&["import", "--db", &db.to_string_lossy(), &csv.to_string_lossy()]);
+    let (code, out, err) = run(&[
+        "import",
+        "--db",
+        &db.to_string_lossy(),
+        &csv.to_string_lossy(),
+    ]);
     assert_eq!(code, 3, "{out}{err}");
     assert!(out.contains("2 good rows, 4 bad rows, 1 warnings"), "{out}");
     let export = dir.path().join("out");
-    let (code, _, _) = run(&["report", "--db", &db.to_string_lossy(), "--export", &export.to_string_lossy()]);
+    let (code, _, _) = run(&[
+        "report",
+        "--db",
+        &db.to_string_lossy(),
+        "--export",
+        &export.to_string_lossy(),
+    ]);
     assert_eq!(code, 0);
     let bad = std::fs::read_to_string(export.join("bad_rows.csv")).unwrap();
     // Each bad row by its line number in the file (the header is line 1).
     for line in ["3", "4", "5", "6"] {
-        assert!(bad.lines().any(|l| l.split(',').nth(1) == Some(line)), "line {line} missing:\n{bad}");
+        assert!(
+            bad.lines().any(|l| l.split(',').nth(1) == Some(line)),
+            "line {line} missing:\n{bad}"
+        );
     }
-    assert!(bad.lines().any(|l| l.contains(",7,") && l.contains("warning")), "{bad}");
+    assert!(
+        bad.lines()
+            .any(|l| l.contains(",7,") && l.contains("warning")),
+        "{bad}"
+    );
 }
 
 #[test]
 fn unknown_fault_switch_is_a_clear_usage_error() {
     let dir = tempfile::tempdir().unwrap();
     let (code, _, err) = run(&[
-        "sim", "--patients", "100", "--faults", "gremlins=1", "--listen", "127.0.0.1:0",
+        "sim",
+        "--patients",
+        "100",
+        "--faults",
+        "gremlins=1",
+        "--listen",
+        "127.0.0.1:0",
     ]);
     assert_eq!(code, 1);
     assert!(err.contains("gremlins"), "{err}");
@@ -136,9 +202,18 @@ fn workspace_file_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("c.csv");
-    std::fs::write(&csv, "MRN,First Name,Last Name,DOB\nA1,Ana,Lopez,2015-03-04\n").unwrap();
+    std::fs::write(
+        &csv,
+        "MRN,First Name,Last Name,DOB\nA1,Ana,Lopez,2015-03-04\n",
+    )
+    .unwrap();
     let db = dir.path().join("ws.db");
-    let (code, _, err) = run(&["import", "--db", &db.to_string_lossy(), &csv.to_string_lossy()]);
+    let (code, _, err) = run(&[
+        "import",
+        "--db",
+        &db.to_string_lossy(),
+        &csv.to_string_lossy(),
+    ]);
     assert_eq!(code, 0, "{err}");
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);

@@ -30,7 +30,13 @@ fn outcomes(engine: &Engine) -> HashMap<String, (String, Option<String>)> {
 async fn run(engine: &Engine, f: &Fixture, base: &str) -> Vec<(i64, JobState)> {
     let imported = engine.import(&f.cohort, None, Some("cohort")).unwrap();
     engine
-        .run_cohort(imported.cohort_id, base, None, no_events(), CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            base,
+            None,
+            no_events(),
+            CancelFlag::new(),
+        )
         .await
         .unwrap()
 }
@@ -63,20 +69,37 @@ async fn happy_path_every_row_gets_one_outcome_and_auto_matches_are_right() {
             }
         }
     }
-    assert!(wrong * 100 <= auto, "{wrong} of {auto} auto-matches are wrong");
+    assert!(
+        wrong * 100 <= auto,
+        "{wrong} of {auto} auto-matches are wrong"
+    );
 
     // The server-side jobs were cleaned up after their files were stored.
     let stats = sim.stats();
     assert_eq!(stats.jobs_accepted, 3);
     assert_eq!(stats.deletes, 3);
     let job = engine.store().unwrap().jobs(None).unwrap()[0].clone();
-    assert!(engine.store().unwrap().chunks(job.id).unwrap().iter().all(|c| c.state == ChunkState::Done));
+    assert!(
+        engine
+            .store()
+            .unwrap()
+            .chunks(job.id)
+            .unwrap()
+            .iter()
+            .all(|c| c.state == ChunkState::Done)
+    );
 
     // Running again has nothing left to do and submits nothing.
     let imported = engine.import(&f.cohort, None, Some("cohort")).unwrap();
     assert_eq!(imported.diff.unchanged_rows, 400);
     let again = engine
-        .run_cohort(imported.cohort_id, &sim.base_url, None, no_events(), CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            &sim.base_url,
+            None,
+            no_events(),
+            CancelFlag::new(),
+        )
         .await
         .unwrap();
     assert!(again.is_empty());
@@ -96,7 +119,13 @@ async fn too_large_kickoff_is_split_until_it_fits() {
     let (sink, log) = recorder();
     let imported = engine.import(&f.cohort, None, None).unwrap();
     let jobs = engine
-        .run_cohort(imported.cohort_id, &sim.base_url, None, sink, CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            &sim.base_url,
+            None,
+            sink,
+            CancelFlag::new(),
+        )
         .await
         .unwrap();
     assert_eq!(jobs[0].1, JobState::Completed);
@@ -106,7 +135,10 @@ async fn too_large_kickoff_is_split_until_it_fits() {
         .iter()
         .filter(|e| matches!(e, JobEvent::ChunkSplit { .. }))
         .count();
-    assert!(splits >= 2, "250 rows against a limit of 60 need at least two halvings, saw {splits}");
+    assert!(
+        splits >= 2,
+        "250 rows against a limit of 60 need at least two halvings, saw {splits}"
+    );
     let chunks = engine.store().unwrap().chunks(jobs[0].0).unwrap();
     assert!(chunks.iter().all(|c| c.row_count <= 60));
     assert_eq!(chunks.iter().map(|c| c.row_count).sum::<u64>(), 250);
@@ -150,23 +182,47 @@ async fn every_fault_switch_is_survived_with_identical_outcomes() {
                 ..fast_sim()
             })
             .await;
-        let db = f.dir.path().join(format!("{}.db", spec.replace([',', '=', '.'], "_")));
+        let db = f
+            .dir
+            .path()
+            .join(format!("{}.db", spec.replace([',', '=', '.'], "_")));
         let engine = Engine::open(&db, fast_engine(80)).unwrap();
         let jobs = run(&engine, &f, &sim.base_url).await;
         assert_eq!(jobs.len(), 1, "{spec}");
-        assert_eq!(jobs[0].1, JobState::Completed, "{spec}: {:?}", engine.store().unwrap().report().unwrap().jobs);
+        assert_eq!(
+            jobs[0].1,
+            JobState::Completed,
+            "{spec}: {:?}",
+            engine.store().unwrap().report().unwrap().jobs
+        );
         let got = outcomes(&engine);
-        let diffs: Vec<_> = clean.iter().filter(|(k, v)| got.get(*k) != Some(*v)).take(3).collect();
-        assert!(diffs.is_empty(), "{spec}: outcomes differ from a clean server, e.g. {diffs:?}");
+        let diffs: Vec<_> = clean
+            .iter()
+            .filter(|(k, v)| got.get(*k) != Some(*v))
+            .take(3)
+            .collect();
+        assert!(
+            diffs.is_empty(),
+            "{spec}: outcomes differ from a clean server, e.g. {diffs:?}"
+        );
         let stats = sim.stats();
         match spec {
-            s if s.starts_with("5xx") || s.starts_with("transient") => assert!(stats.injected_errors > 0, "{spec}"),
+            s if s.starts_with("5xx") || s.starts_with("transient") => {
+                assert!(stats.injected_errors > 0, "{spec}")
+            }
             s if s.starts_with("drop") => assert!(stats.dropped_connections > 0, "{spec}"),
             s if s.starts_with("429") => assert!(stats.throttled_429 > 0, "{spec}"),
             "truncate" => assert!(stats.truncated_files > 0),
             "accept-strict" => {
                 // The working Accept mode was remembered for this server.
-                assert_ne!(engine.store().unwrap().server_accept_mode(&sim.base_url).unwrap(), 0);
+                assert_ne!(
+                    engine
+                        .store()
+                        .unwrap()
+                        .server_accept_mode(&sim.base_url)
+                        .unwrap(),
+                    0
+                );
             }
             _ => {}
         }
@@ -188,7 +244,11 @@ async fn malformed_lines_fail_only_their_rows() {
     let store = engine.store().unwrap();
     let bad = store.ingest_errors(jobs[0].0).unwrap();
     assert!(!bad.is_empty());
-    assert!(bad.iter().all(|(_, _, line, msg)| *line >= 1 && msg.contains("line")), "{bad:?}");
+    assert!(
+        bad.iter()
+            .all(|(_, _, line, msg)| *line >= 1 && msg.contains("line")),
+        "{bad:?}"
+    );
     let report = store.report().unwrap();
     assert_eq!(report.outcomes.error as usize, bad.len());
     let o = &report.outcomes;
@@ -212,7 +272,8 @@ async fn killed_mid_job_resumes_without_resubmitting_or_duplicating() {
     let e2 = engine.clone();
     let url = sim.base_url.clone();
     let task = tokio::spawn(async move {
-        e2.run_cohort(cohort_id, &url, None, sink, CancelFlag::new()).await
+        e2.run_cohort(cohort_id, &url, None, sink, CancelFlag::new())
+            .await
     });
     // Wait until at least one chunk is fully stored and others are submitted, then kill.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -226,7 +287,10 @@ async fn killed_mid_job_resumes_without_resubmitting_or_duplicating() {
         if done >= 1 {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no chunk finished in time");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no chunk finished in time"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     task.abort();
@@ -240,17 +304,32 @@ async fn killed_mid_job_resumes_without_resubmitting_or_duplicating() {
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0].state, JobState::Running);
     let chunks_before = engine.store().unwrap().chunks(jobs[0].id).unwrap();
-    let in_flight = chunks_before.iter().filter(|c| c.state == ChunkState::Submitted).count() as u64;
-    let pending = chunks_before.iter().filter(|c| c.state == ChunkState::Pending).count() as u64;
+    let in_flight = chunks_before
+        .iter()
+        .filter(|c| c.state == ChunkState::Submitted)
+        .count() as u64;
+    let pending = chunks_before
+        .iter()
+        .filter(|c| c.state == ChunkState::Pending)
+        .count() as u64;
     let (sink, log) = recorder();
     let resumed = engine
         .run_cohort(cohort_id, &sim.base_url, None, sink, CancelFlag::new())
         .await
         .unwrap();
     assert_eq!(resumed, vec![(jobs[0].id, JobState::Completed)]);
-    assert!(log.lock().unwrap().iter().any(|e| matches!(e, JobEvent::JobStarted { resumed: true, .. })));
+    assert!(
+        log.lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, JobEvent::JobStarted { resumed: true, .. }))
+    );
     // Submitted chunks were polled again, not resubmitted: only pending ones were kicked off.
-    assert_eq!(sim.stats().jobs_accepted, submitted_before + pending, "in flight at kill: {in_flight}");
+    assert_eq!(
+        sim.stats().jobs_accepted,
+        submitted_before + pending,
+        "in flight at kill: {in_flight}"
+    );
     let results = engine.store().unwrap().results().unwrap();
     assert_eq!(results.len(), 400, "every row exactly once");
     let mut ids: Vec<_> = results.iter().map(|r| r.source_id.clone()).collect();
@@ -281,15 +360,27 @@ async fn cancel_deletes_server_jobs_and_marks_the_job_cancelled() {
     let e2 = engine.clone();
     let url = sim.base_url.clone();
     let c2 = cancel.clone();
-    let task = tokio::spawn(async move { e2.run_cohort(imported.cohort_id, &url, None, sink, c2).await });
+    let task = tokio::spawn(async move {
+        e2.run_cohort(imported.cohort_id, &url, None, sink, c2)
+            .await
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while !log.lock().unwrap().iter().any(|e| matches!(e, JobEvent::ChunkSubmitted { .. })) {
+    while !log
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|e| matches!(e, JobEvent::ChunkSubmitted { .. }))
+    {
         assert!(std::time::Instant::now() < deadline);
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     // Interrupt (the run returns promptly, resumable), then cancel for good.
     cancel.cancel();
-    let interrupted = tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    let interrupted = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(interrupted[0].1, JobState::Running);
     let job_id = interrupted[0].0;
     engine.cancel_job(job_id, None, Some("test")).await.unwrap();
@@ -298,7 +389,11 @@ async fn cancel_deletes_server_jobs_and_marks_the_job_cancelled() {
     let job = engine.store().unwrap().job(job_id).unwrap();
     assert_eq!(job.state, JobState::Cancelled);
     let audit = engine.store().unwrap().audit_entries(100).unwrap();
-    assert!(audit.iter().any(|a| a.action == "job_cancelled" && a.why.as_deref() == Some("test")));
+    assert!(
+        audit
+            .iter()
+            .any(|a| a.action == "job_cancelled" && a.why.as_deref() == Some("test"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -323,17 +418,31 @@ async fn reimport_rematches_only_new_and_changed_rows() {
     assert_eq!(imported.diff.left_rows, 10);
     assert_eq!(imported.diff.changed_rows, 1);
     assert_eq!(imported.diff.unchanged_rows, 189);
-    let left = engine.store().unwrap().left_rows(imported.cohort_id).unwrap();
+    let left = engine
+        .store()
+        .unwrap()
+        .left_rows(imported.cohort_id)
+        .unwrap();
     assert_eq!(left.len(), 10);
 
     let jobs = engine
-        .run_cohort(imported.cohort_id, &sim.base_url, None, no_events(), CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            &sim.base_url,
+            None,
+            no_events(),
+            CancelFlag::new(),
+        )
         .await
         .unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(sim.stats().jobs_accepted, kickoffs + 1);
     let chunks = engine.store().unwrap().chunks(jobs[0].0).unwrap();
-    assert_eq!(chunks.iter().map(|c| c.row_count).sum::<u64>(), 1, "only the changed row is resubmitted");
+    assert_eq!(
+        chunks.iter().map(|c| c.row_count).sum::<u64>(),
+        1,
+        "only the changed row is resubmitted"
+    );
     assert_eq!(engine.store().unwrap().report().unwrap().rows, 190);
 }
 
@@ -353,8 +462,14 @@ async fn bearer_token_is_required_and_sent_only_where_it_belongs() {
     assert_eq!(jobs[0].1, JobState::Failed);
     let report = engine.store().unwrap().report().unwrap();
     let err = report.jobs[0].last_error.clone().unwrap_or_default();
-    assert!(err.contains("401") || err.to_lowercase().contains("credential"), "{err}");
-    assert_eq!(report.pending, 60, "rows stay unmatched, ready for another run");
+    assert!(
+        err.contains("401") || err.to_lowercase().contains("credential"),
+        "{err}"
+    );
+    assert_eq!(
+        report.pending, 60,
+        "rows stay unmatched, ready for another run"
+    );
 
     // With the token: works; files (requiresAccessToken=false) are fetched without it.
     let engine = open(&f, fast_engine(60));
@@ -362,13 +477,22 @@ async fn bearer_token_is_required_and_sent_only_where_it_belongs() {
     let token: Arc<dyn TokenSource> = Arc::new(StaticToken::new("s3cret"));
     let before = sim.stats();
     let jobs = engine
-        .run_cohort(imported.cohort_id, &sim.base_url, Some(token), no_events(), CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            &sim.base_url,
+            Some(token),
+            no_events(),
+            CancelFlag::new(),
+        )
         .await
         .unwrap();
     assert_eq!(jobs[0].1, JobState::Completed);
     let after = sim.stats();
     assert!(after.file_requests > before.file_requests);
-    assert_eq!(after.file_requests_with_authorization, before.file_requests_with_authorization);
+    assert_eq!(
+        after.file_requests_with_authorization,
+        before.file_requests_with_authorization
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +501,13 @@ async fn plain_http_to_a_remote_server_is_refused() {
     let engine = open(&f, fast_engine(20));
     let imported = engine.import(&f.cohort, None, None).unwrap();
     let err = engine
-        .run_cohort(imported.cohort_id, "http://iis.example.org/fhir", None, no_events(), CancelFlag::new())
+        .run_cohort(
+            imported.cohort_id,
+            "http://iis.example.org/fhir",
+            None,
+            no_events(),
+            CancelFlag::new(),
+        )
         .await
         .unwrap_err()
         .to_string();

@@ -88,7 +88,12 @@ fn fresh(path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ensure_data(dir: &Path, patients: usize, cohort: usize, tag: &str) -> Result<(PathBuf, PathBuf)> {
+fn ensure_data(
+    dir: &Path,
+    patients: usize,
+    cohort: usize,
+    tag: &str,
+) -> Result<(PathBuf, PathBuf)> {
     let reg = dir.join(format!("registry-{tag}.csv"));
     let coh = dir.join(format!("cohort-{tag}.csv"));
     if !reg.exists() || !coh.exists() {
@@ -121,22 +126,41 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     std::fs::create_dir_all(&a.dir).with_context(|| format!("creating {}", a.dir.display()))?;
     let k = a.scale_down.max(1);
     let want = |name: &str| a.only == "all" || a.only.split(',').any(|s| s.trim() == name);
-    println!("matchdesk benchmarks ({} cores){}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
-        if k > 1 { format!(", scaled down {k}x") } else { String::new() });
+    println!(
+        "matchdesk benchmarks ({} cores){}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1),
+        if k > 1 {
+            format!(", scaled down {k}x")
+        } else {
+            String::new()
+        }
+    );
 
     if want("import") {
         let n = 1_000_000 / k;
         let (_, coh) = ensure_data(&a.dir, n, n, &format!("import-{n}"))?;
         let db = a.dir.join("bench-import.matchdesk");
         fresh(&db)?;
-        let m = measure(&["import", "--db", &db.to_string_lossy(), &coh.to_string_lossy()])?;
+        let m = measure(&[
+            "import",
+            "--db",
+            &db.to_string_lossy(),
+            &coh.to_string_lossy(),
+        ])?;
         println!(
             "import: {n} rows in {:.2} s ({:.0} rows/s), peak RSS {} (targets: ≤ 3 s, ≤ 300 MB)",
             m.secs,
             n as f64 / m.secs,
             rss(&m)
         );
-        let m2 = measure(&["import", "--db", &db.to_string_lossy(), &coh.to_string_lossy()])?;
+        let m2 = measure(&[
+            "import",
+            "--db",
+            &db.to_string_lossy(),
+            &coh.to_string_lossy(),
+        ])?;
         println!(
             "re-import of the same file (diff against {n} stored rows): {:.2} s, peak RSS {}",
             m2.secs,
@@ -161,32 +185,65 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
         let (_, coh) = ensure_data(&a.dir, reg_n, coh_n, &format!("e2e-{reg_n}-{coh_n}"))?;
         let start_sim = Instant::now();
         let mut sim = Command::new(exe()?)
-            .args(["sim", "--listen", "127.0.0.1:0", "--patients", &reg_n.to_string(), "--seed", "42",
-                "--min-poll-interval-ms", "200", "--retry-after", "1"])
+            .args([
+                "sim",
+                "--listen",
+                "127.0.0.1:0",
+                "--patients",
+                &reg_n.to_string(),
+                "--seed",
+                "42",
+                "--min-poll-interval-ms",
+                "200",
+                "--retry-after",
+                "1",
+            ])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null())
             .spawn()
             .context("starting the simulated IIS")?;
-        let stdout = sim.stdout.take().ok_or_else(|| anyhow!("no stdout from the simulated IIS"))?;
+        let stdout = sim
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no stdout from the simulated IIS"))?;
         let mut first = String::new();
-        BufReader::new(stdout).read_line(&mut first).context("reading the simulated IIS's URL")?;
+        BufReader::new(stdout)
+            .read_line(&mut first)
+            .context("reading the simulated IIS's URL")?;
         let base = first.trim().to_string();
         if base.is_empty() {
             let _ = sim.kill();
             bail!("the simulated IIS printed no URL");
         }
-        println!("simulated IIS with {reg_n} patients ready in {:.1} s at {base}", start_sim.elapsed().as_secs_f64());
+        println!(
+            "simulated IIS with {reg_n} patients ready in {:.1} s at {base}",
+            start_sim.elapsed().as_secs_f64()
+        );
         let db = a.dir.join("bench-e2e.matchdesk");
         fresh(&db)?;
         let res = measure(&[
-            "match", "--db", &db.to_string_lossy(), "--server", &base, "--chunk-size", "2000",
-            "--concurrency", "2", "--plain", &coh.to_string_lossy(),
+            "match",
+            "--db",
+            &db.to_string_lossy(),
+            "--server",
+            &base,
+            "--chunk-size",
+            "2000",
+            "--concurrency",
+            "2",
+            "--plain",
+            &coh.to_string_lossy(),
         ]);
         let _ = sim.kill();
         let _ = sim.wait();
         let m = res?;
-        let summary = m.stdout.lines().find(|l| l.starts_with("rows:")).unwrap_or("").to_string();
+        let summary = m
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("rows:"))
+            .unwrap_or("")
+            .to_string();
         println!(
             "end to end: {coh_n}-patient cohort against {reg_n} registry patients in {:.1} s, client peak RSS {} (target ≤ 60 s)\n  {summary}",
             m.secs,
@@ -223,14 +280,33 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
     let base = format!("http://{addr}");
     let job = engine
         .store()?
-        .create_job(imported.cohort_id, &base, &MatchOptions::default(), n, "bench")?
+        .create_job(
+            imported.cohort_id,
+            &base,
+            &MatchOptions::default(),
+            n,
+            "bench",
+        )?
         .ok_or_else(|| anyhow!("no rows to put in the ingest benchmark job"))?;
-    let chunk = engine.store()?.chunks(job.id)?.into_iter().next().ok_or_else(|| anyhow!("no chunk"))?;
+    let chunk = engine
+        .store()?
+        .chunks(job.id)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| anyhow!("no chunk"))?;
     let patients = engine.store()?.chunk_patients(chunk.id)?;
     if !ndjson.exists() {
-        write_bundles(&ndjson, &patients.iter().map(|p| (p.source_id.clone(), p.normalized.clone())).collect::<Vec<_>>())?;
+        write_bundles(
+            &ndjson,
+            &patients
+                .iter()
+                .map(|p| (p.source_id.clone(), p.normalized.clone()))
+                .collect::<Vec<_>>(),
+        )?;
     }
-    engine.store()?.chunk_submitted(chunk.id, &format!("{base}/status/1"))?;
+    engine
+        .store()?
+        .chunk_submitted(chunk.id, &format!("{base}/status/1"))?;
     drop(engine);
     let body = Arc::new(std::fs::read(&ndjson)?);
     let manifest = serde_json::json!({
@@ -248,7 +324,10 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
                 let m = manifest.clone();
                 async move {
                     let mut h = HeaderMap::new();
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/json"),
+                    );
                     (StatusCode::OK, h, m)
                 }
             })
@@ -260,7 +339,10 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
                 let b = body.clone();
                 async move {
                     let mut h = HeaderMap::new();
-                    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/fhir+ndjson"));
+                    h.insert(
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("application/fhir+ndjson"),
+                    );
                     (StatusCode::OK, h, b.as_ref().clone()).into_response()
                 }
             }),
@@ -269,10 +351,22 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
         let _ = axum::serve(listener, app).await;
     });
     let db_s = db.to_string_lossy().into_owned();
+    if std::env::var_os("MATCHDESK_BENCH_PREPARE_ONLY").is_some() {
+        // For profiling: leave the prepared workspace and serve until interrupted.
+        println!(
+            "prepared; run: matchdesk match --db {db_s} --server {base} --name {name} --plain {}",
+            coh.display()
+        );
+        let _ = tokio::signal::ctrl_c().await;
+        server.abort();
+        bail!("interrupted");
+    }
     let coh_s = coh.to_string_lossy().into_owned();
     let name_s = name.clone();
     let m = tokio::task::spawn_blocking(move || {
-        measure(&["match", "--db", &db_s, "--server", &base, "--name", &name_s, "--plain", &coh_s])
+        measure(&[
+            "match", "--db", &db_s, "--server", &base, "--name", &name_s, "--plain", &coh_s,
+        ])
     })
     .await??;
     server.abort();

@@ -83,9 +83,10 @@ impl DbArg {
 
 /// The default workspace: `<data dir>/matchdesk/workspace.matchdesk`.
 pub fn default_db() -> Result<PathBuf> {
-    let dirs = directories::ProjectDirs::from("org", "matchdesk", "matchdesk").ok_or_else(|| {
-        anyhow!("could not find your home directory for the default workspace; pass --db FILE")
-    })?;
+    let dirs =
+        directories::ProjectDirs::from("org", "matchdesk", "matchdesk").ok_or_else(|| {
+            anyhow!("could not find your home directory for the default workspace; pass --db FILE")
+        })?;
     Ok(dirs.data_dir().join("workspace.matchdesk"))
 }
 
@@ -236,7 +237,10 @@ struct CancelArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: could not start the async runtime: {e}");
@@ -366,7 +370,8 @@ fn generate_cmd(a: GenerateArgs) -> Result<u8> {
     sim::generate::write_cohort_csv(&a.cohort_out, &cohort)
         .with_context(|| format!("writing {}", a.cohort_out.display()))?;
     if let Some(t) = &a.truth_out {
-        sim::generate::write_truth_csv(t, &cohort).with_context(|| format!("writing {}", t.display()))?;
+        sim::generate::write_truth_csv(t, &cohort)
+            .with_context(|| format!("writing {}", t.display()))?;
     }
     eprintln!(
         "wrote {} registry patients and {} cohort rows in {:.1}s",
@@ -427,12 +432,18 @@ async fn import_cmd(a: ImportArgs) -> Result<u8> {
     let engine = open_engine(&db, EngineConfig::default())?;
     let path = a.cohort.clone();
     let name = a.name.clone();
-    let result = tokio::task::spawn_blocking(move || engine.import(&path, mapping.as_ref(), name.as_deref()))
-        .await
-        .context("import task")?
-        .with_context(|| format!("importing {}", a.cohort.display()))?;
+    let result = tokio::task::spawn_blocking(move || {
+        engine.import(&path, mapping.as_ref(), name.as_deref())
+    })
+    .await
+    .context("import task")?
+    .with_context(|| format!("importing {}", a.cohort.display()))?;
     print_import(&result);
-    Ok(if result.summary.bad_rows > 0 { EXIT_PARTIAL } else { 0 })
+    Ok(if result.summary.bad_rows > 0 {
+        EXIT_PARTIAL
+    } else {
+        0
+    })
 }
 
 async fn match_cmd(a: MatchArgs) -> Result<u8> {
@@ -440,15 +451,18 @@ async fn match_cmd(a: MatchArgs) -> Result<u8> {
     let mapping = load_mapping(a.mapping.as_deref())?;
     let rules: TriageRules = match &a.rules {
         Some(p) => {
-            let text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("{} is not valid triage rules JSON", p.display()))?
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("{} is not valid triage rules JSON", p.display()))?
         }
         None => TriageRules::default(),
     };
     let token: Option<Arc<dyn TokenSource>> = match &a.token_env {
         Some(var) => {
-            let t = std::env::var(var)
-                .with_context(|| format!("the environment variable {var} (from --token-env) is not set"))?;
+            let t = std::env::var(var).with_context(|| {
+                format!("the environment variable {var} (from --token-env) is not set")
+            })?;
             Some(Arc::new(StaticToken::new(t)))
         }
         None => None,
@@ -480,10 +494,11 @@ async fn match_cmd(a: MatchArgs) -> Result<u8> {
         let e2 = engine.clone();
         let path = a.cohort.clone();
         let n2 = name.clone();
-        let result = tokio::task::spawn_blocking(move || e2.import(&path, mapping.as_ref(), Some(&n2)))
-            .await
-            .context("import task")?
-            .with_context(|| format!("importing {}", a.cohort.display()))?;
+        let result =
+            tokio::task::spawn_blocking(move || e2.import(&path, mapping.as_ref(), Some(&n2)))
+                .await
+                .context("import task")?
+                .with_context(|| format!("importing {}", a.cohort.display()))?;
         print_import(&result);
         result.cohort_id
     } else {
@@ -528,7 +543,10 @@ async fn match_cmd(a: MatchArgs) -> Result<u8> {
     print_outcomes(&report);
     eprintln!("took {:.1}s", started.elapsed().as_secs_f64());
     let partial = jobs.iter().any(|(_, s)| {
-        matches!(s, JobState::CompletedWithErrors | JobState::Failed | JobState::Cancelled)
+        matches!(
+            s,
+            JobState::CompletedWithErrors | JobState::Failed | JobState::Cancelled
+        )
     }) || report.bad_rows > 0
         || report.outcomes.error > 0;
     let all_failed = !jobs.is_empty() && jobs.iter().all(|(_, s)| *s == JobState::Failed);
@@ -544,10 +562,20 @@ async fn match_cmd(a: MatchArgs) -> Result<u8> {
 fn print_outcomes(r: &matchdesk::store::Report) {
     println!(
         "rows: {}  bad rows: {}  auto-match: {}  review: {}  no match: {}  error: {}  not yet matched: {}",
-        r.rows, r.bad_rows, r.outcomes.auto_match, r.outcomes.review, r.outcomes.no_match, r.outcomes.error, r.pending
+        r.rows,
+        r.bad_rows,
+        r.outcomes.auto_match,
+        r.outcomes.review,
+        r.outcomes.no_match,
+        r.outcomes.error,
+        r.pending
     );
     if !r.review_reasons.is_empty() {
-        let parts: Vec<String> = r.review_reasons.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let parts: Vec<String> = r
+            .review_reasons
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
         println!("review by reason: {}", parts.join(", "));
     }
 }
@@ -567,7 +595,11 @@ fn report_cmd(a: ReportArgs) -> Result<u8> {
     if let Some(dir) = &a.export {
         store.export(dir)?;
         if !a.json {
-            println!("wrote {} and {}", dir.join("results.csv").display(), dir.join("bad_rows.csv").display());
+            println!(
+                "wrote {} and {}",
+                dir.join("results.csv").display(),
+                dir.join("bad_rows.csv").display()
+            );
         }
     }
     if a.json {
@@ -589,7 +621,10 @@ fn report_cmd(a: ReportArgs) -> Result<u8> {
                 j.outcomes.review,
                 j.outcomes.no_match,
                 j.outcomes.error,
-                j.last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+                j.last_error
+                    .as_deref()
+                    .map(|e| format!("; last error: {e}"))
+                    .unwrap_or_default()
             );
         }
     }
@@ -600,7 +635,8 @@ async fn cancel_cmd(a: CancelArgs) -> Result<u8> {
     let db = a.db.path()?;
     let token: Option<Arc<dyn TokenSource>> = match &a.token_env {
         Some(var) => Some(Arc::new(StaticToken::new(
-            std::env::var(var).with_context(|| format!("the environment variable {var} is not set"))?,
+            std::env::var(var)
+                .with_context(|| format!("the environment variable {var} is not set"))?,
         ))),
         None => None,
     };
@@ -634,7 +670,9 @@ impl Progress {
     }
 
     fn event(&self, e: JobEvent) {
-        let Ok(mut st) = self.inner.lock() else { return };
+        let Ok(mut st) = self.inner.lock() else {
+            return;
+        };
         let t = st.started.elapsed().as_secs_f64();
         match e {
             JobEvent::JobStarted { job_id, rows, chunks, resumed, done_rows } => {

@@ -13,9 +13,7 @@ mod mapping;
 mod normalize;
 mod sniff;
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::hash::BuildHasherDefault;
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
@@ -190,6 +188,8 @@ enum Format {
 
 struct Opened {
     format: Format,
+    /// File size in bytes.
+    len: u64,
     utf8: bool,
     reader: Box<dyn Read>,
     /// The first bytes after any BOM, for delimiter sniffing.
@@ -197,6 +197,13 @@ struct Opened {
 }
 
 impl Opened {
+    /// A guess at the number of rows, from the sample's line length (for pre-sizing the id set).
+    fn estimated_rows(&self) -> usize {
+        let lines = self.sample.iter().filter(|b| **b == b'\n').count().max(1) as u64;
+        let per_line = (self.sample.len() as u64 / lines).max(1);
+        usize::try_from((self.len / per_line).min(20_000_000)).unwrap_or(0)
+    }
+
     fn encoding(&self) -> &'static str {
         if self.utf8 { "utf-8" } else { "windows-1252" }
     }
@@ -238,6 +245,7 @@ fn open(path: &Path) -> Result<Opened, ImportError> {
     };
     file.seek(SeekFrom::Start(0)).map_err(&ioe)?;
     let utf8 = sniff::is_utf8(&mut file).map_err(&ioe)?;
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
     let start = if bom { sniff::UTF8_BOM.len() as u64 } else { 0 };
     file.seek(SeekFrom::Start(start)).map_err(&ioe)?;
     let reader: Box<dyn Read> = if utf8 {
@@ -247,6 +255,7 @@ fn open(path: &Path) -> Result<Opened, ImportError> {
     };
     Ok(Opened {
         format,
+        len,
         utf8,
         reader,
         sample,
@@ -284,7 +293,7 @@ struct Validator {
     today: NaiveDate,
     required: Vec<Field>,
     columns: ColumnNames,
-    seen: HashMap<String, u64, BuildHasherDefault<normalize::Fnv>>,
+    seen: normalize::IdSet,
     good: u64,
     bad: u64,
     warnings: u64,
@@ -442,17 +451,16 @@ impl Validator {
         }
     }
 
-    /// Normalize, check required fields and duplicate ids, and build the item.
-    fn finish(
-        &mut self,
-        line: u64,
-        original: Demographics,
-        mut problems: Vec<RowProblem>,
-    ) -> ImportItem {
-        let (normalized, warns) = normalize(&original);
+    /// Normalize `row.original` into `row.normalized`, check required fields and duplicate ids,
+    /// and set `row.source_id`. Problems go to `row.warnings`; returns whether the row is good.
+    /// Works in place so the large row is not moved around per call.
+    fn finish(&mut self, row: &mut CohortRow) -> bool {
+        let line = row.line;
+        let mut warns = Vec::new();
+        normalize::normalize_into(&row.original, &mut row.normalized, &mut warns);
         for (field, reason) in warns {
-            let value = original.get(field);
-            problems.push(self.problem(
+            let value = row.original.get(field);
+            row.warnings.push(self.problem(
                 line,
                 Some(field),
                 value.as_deref(),
@@ -461,17 +469,18 @@ impl Validator {
             ));
         }
         for &field in &self.required {
-            if has_value(&normalized, field) {
+            if has_value(&row.normalized, field) {
                 continue;
             }
             let col = self.columns[field as usize].clone();
-            if problems
+            if row
+                .warnings
                 .iter()
                 .any(|p| p.severity == Severity::Error && p.column.is_some() && p.column == col)
             {
                 continue; // already explained (e.g. an impossible birth date)
             }
-            let value = original.get(field);
+            let value = row.original.get(field);
             let reason = match &value {
                 Some(v) => format!(
                     "{} {v} is required but not usable for matching — correct it",
@@ -482,7 +491,7 @@ impl Validator {
                     field.label().to_lowercase()
                 ),
             };
-            problems.push(RowProblem {
+            row.warnings.push(RowProblem {
                 line,
                 column: col,
                 value,
@@ -490,62 +499,76 @@ impl Validator {
                 severity: Severity::Error,
             });
         }
-        let has_errors = problems.iter().any(|p| p.severity == Severity::Error);
-        let source_id = match &normalized.local_id {
-            Some(id) => Some(id.clone()),
-            None if !has_errors => Some(derived_id(&normalized)),
-            None => None,
-        };
-        if let Some(id) = &source_id {
-            if let Some(&first) = self.seen.get(id.as_str()) {
-                let p = if normalized.local_id.is_some() {
-                    self.problem(
-                        line,
-                        Some(Field::LocalId),
-                        Some(id),
-                        format!(
-                            "id {id} is already used on line {first} — each row needs its own id; remove the duplicate row or correct the id"
-                        ),
-                        Severity::Error,
-                    )
-                } else {
-                    self.problem(
-                        line,
-                        None,
-                        None,
-                        format!(
-                            "same last name, first name, birth date and sex as line {first}, and the file has no id column — remove the duplicate row or add an id column"
-                        ),
-                        Severity::Error,
-                    )
-                };
-                problems.push(p);
-            } else {
-                self.seen.insert(id.clone(), line);
-            }
+        let has_errors = row.warnings.iter().any(|p| p.severity == Severity::Error);
+        let explicit_id = row.normalized.local_id.is_some();
+        match &row.normalized.local_id {
+            Some(id) => row.source_id.clone_from(id),
+            None if !has_errors => row.source_id = derived_id(&row.normalized),
+            None => row.source_id.clear(),
         }
-        let warnings = problems
+        if !row.source_id.is_empty()
+            && let Some(first) = self.seen.first_seen(&row.source_id, line)
+        {
+            let id = &row.source_id;
+            let p = if explicit_id {
+                self.problem(
+                    line,
+                    Some(Field::LocalId),
+                    Some(id),
+                    format!(
+                        "id {id} is already used on line {first} — each row needs its own id; remove the duplicate row or correct the id"
+                    ),
+                    Severity::Error,
+                )
+            } else {
+                self.problem(
+                    line,
+                    None,
+                    None,
+                    format!(
+                        "same last name, first name, birth date and sex as line {first}, and the file has no id column — remove the duplicate row or add an id column"
+                    ),
+                    Severity::Error,
+                )
+            };
+            row.warnings.push(p);
+        }
+        self.warnings += row
+            .warnings
             .iter()
             .filter(|p| p.severity == Severity::Warning)
             .count() as u64;
-        self.warnings += warnings;
-        if problems.iter().any(|p| p.severity == Severity::Error) {
+        if row.warnings.iter().any(|p| p.severity == Severity::Error) {
             self.bad += 1;
-            ImportItem::Bad {
-                line,
-                problems,
-                original,
-            }
+            false
         } else {
             self.good += 1;
-            ImportItem::Good(CohortRow {
-                line,
-                source_id: source_id.unwrap_or_default(),
-                original,
-                normalized,
-                warnings: problems,
-            })
+            true
         }
+    }
+}
+
+use normalize::trim;
+
+fn new_row(line: u64) -> CohortRow {
+    CohortRow {
+        line,
+        source_id: String::new(),
+        original: Demographics::default(),
+        normalized: Demographics::default(),
+        warnings: Vec::new(),
+    }
+}
+
+/// Turn a `Good` item into `Bad` after [`Validator::finish`] rejected it. Rows are built inside
+/// the item from the start, so the (large) good path never moves them.
+fn reject(item: &mut ImportItem) {
+    if let ImportItem::Good(row) = item {
+        *item = ImportItem::Bad {
+            line: row.line,
+            problems: std::mem::take(&mut row.warnings),
+            original: std::mem::take(&mut row.original),
+        };
     }
 }
 
@@ -677,17 +700,21 @@ pub fn read_cohort_on(
     Ok(summary)
 }
 
+/// The caller's per-row callback.
+type Sink<'a> = dyn FnMut(ImportItem) -> Result<(), ImportError> + 'a;
+
 fn read_csv(
     path: &Path,
     opened: Opened,
     mapping: Option<&Mapping>,
     today: NaiveDate,
-    sink: &mut dyn FnMut(ImportItem) -> Result<(), ImportError>,
+    sink: &mut Sink<'_>,
 ) -> Result<ImportSummary, ImportError> {
     let encoding = opened.encoding().to_string();
     let delimiter = mapping
         .and_then(|m| m.delimiter)
         .unwrap_or_else(|| sniff::sniff_delimiter(&opened.sample));
+    let estimated_rows = opened.estimated_rows();
     let mut rdr = csv_reader(opened, delimiter);
     let headers: Vec<String> = rdr
         .byte_headers()
@@ -713,25 +740,25 @@ fn read_csv(
         today,
         required: mapping.required.clone(),
         columns,
-        seen: HashMap::default(),
+        seen: normalize::IdSet::with_capacity(estimated_rows),
         good: 0,
         bad: 0,
         warnings: 0,
     };
     let width = headers.len();
-    let mut rec = csv::ByteRecord::new();
-    while rdr
-        .read_byte_record(&mut rec)
-        .map_err(|e| csv_error(path, e))?
-    {
+    // StringRecord validates UTF-8 once per record (the stream is UTF-8 by construction).
+    let mut rec = csv::StringRecord::new();
+    while rdr.read_record(&mut rec).map_err(|e| csv_error(path, e))? {
         let line = rec.position().map(|p| p.line()).unwrap_or(0);
-        if rec.iter().all(|f| f.trim_ascii().is_empty()) {
+        if rec.iter().all(|f| trim(f).is_empty()) {
             continue;
         }
-        let mut original = Demographics::default();
-        let mut problems = Vec::new();
-        if rec.len() > width && rec.iter().skip(width).any(|f| !f.trim_ascii().is_empty()) {
-            problems.push(RowProblem {
+        let mut item = ImportItem::Good(new_row(line));
+        let ImportItem::Good(row) = &mut item else {
+            continue;
+        };
+        if rec.len() > width && rec.iter().skip(width).any(|f| !trim(f).is_empty()) {
+            row.warnings.push(RowProblem {
                 line,
                 column: None,
                 value: None,
@@ -743,19 +770,17 @@ fn read_csv(
             });
         }
         for &(idx, field) in &cols {
-            let Some(bytes) = rec.get(idx) else { continue };
-            let bytes = bytes.trim_ascii();
-            if bytes.is_empty() {
+            let Some(raw) = rec.get(idx).map(trim) else {
                 continue;
-            }
-            let text = String::from_utf8_lossy(bytes);
-            let raw = text.trim();
+            };
             if raw.is_empty() {
                 continue;
             }
-            v.set_value(line, field, raw, &mut original, &mut problems);
+            v.set_value(line, field, raw, &mut row.original, &mut row.warnings);
         }
-        let item = v.finish(line, original, problems);
+        if !v.finish(row) {
+            reject(&mut item);
+        }
         sink(item)?;
     }
     Ok(ImportSummary {
@@ -828,9 +853,10 @@ fn read_ndjson(
     opened: Opened,
     mapping: Option<&Mapping>,
     today: NaiveDate,
-    sink: &mut dyn FnMut(ImportItem) -> Result<(), ImportError>,
+    sink: &mut Sink<'_>,
 ) -> Result<ImportSummary, ImportError> {
     let encoding = opened.encoding().to_string();
+    let estimated_rows = opened.estimated_rows();
     let mapping = mapping.cloned().unwrap_or_default();
     let mut columns: ColumnNames = Default::default();
     for (f, name) in NDJSON_COLUMNS {
@@ -840,7 +866,7 @@ fn read_ndjson(
         today,
         required: mapping.required.clone(),
         columns,
-        seen: HashMap::default(),
+        seen: normalize::IdSet::with_capacity(estimated_rows),
         good: 0,
         bad: 0,
         warnings: 0,
@@ -861,7 +887,15 @@ fn read_ndjson(
         }
         let (original, problems, parsed) = ndjson_row(&v, line, text);
         let item = if parsed {
-            v.finish(line, original, problems)
+            let mut row = new_row(line);
+            row.original = original;
+            row.warnings = problems;
+            let good = v.finish(&mut row);
+            let mut item = ImportItem::Good(row);
+            if !good {
+                reject(&mut item);
+            }
+            item
         } else {
             v.bad += 1;
             ImportItem::Bad {

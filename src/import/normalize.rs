@@ -5,7 +5,21 @@
 //! 2-letter code, email → lowercase, SSN → digits. Malformed optional values are dropped from the
 //! normalized copy with a plain-words reason.
 
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::hash::BuildHasherDefault;
+
 use crate::domain::{Demographics, Field};
+
+/// `str::trim`, with a fast path for the common already-trimmed ASCII value.
+#[inline]
+pub(crate) fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (None, _) | (_, None) => s,
+        (Some(&a), Some(&b)) if a.is_ascii_graphic() && b.is_ascii_graphic() => s,
+        _ => s.trim(),
+    }
+}
 
 /// Fold one non-ASCII character to ASCII, if it is a simple Latin accented letter.
 fn fold(c: char) -> Option<&'static str> {
@@ -40,6 +54,22 @@ fn fold(c: char) -> Option<&'static str> {
 /// Uppercase, fold accents, keep letters/digits/hyphens, collapse whitespace. Punctuation is
 /// removed without leaving a space (`O'Brien` → `OBRIEN`, `St. John` → `ST JOHN`).
 pub fn normalize_name(s: &str) -> String {
+    if s.is_ascii() {
+        let mut out = String::with_capacity(s.len());
+        let mut pending_space = false;
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b == b'-' {
+                if pending_space && !out.is_empty() {
+                    out.push(' ');
+                }
+                pending_space = false;
+                out.push(char::from(b.to_ascii_uppercase()));
+            } else if b.is_ascii_whitespace() {
+                pending_space = true;
+            }
+        }
+        return out;
+    }
     let mut out = String::with_capacity(s.len());
     let mut pending_space = false;
     let push = |out: &mut String, piece: &str, pending: &mut bool| {
@@ -137,18 +167,29 @@ const STATES: &[(&str, &str)] = &[
 
 /// The 2-letter code for a US state/territory code or full name (any case, punctuation ignored).
 pub fn state_code(s: &str) -> Option<&'static str> {
-    let n = normalize_name(s);
+    let t = s.trim();
+    if t.len() == 2 {
+        return STATES
+            .iter()
+            .find(|(code, _)| code.eq_ignore_ascii_case(t))
+            .map(|(code, _)| *code);
+    }
+    let n = normalize_name(t);
     STATES
         .iter()
         .find(|(code, name)| *code == n || *name == n)
         .map(|(code, _)| *code)
 }
 
-fn digits(s: &str) -> String {
-    s.bytes()
-        .filter(u8::is_ascii_digit)
-        .map(char::from)
-        .collect()
+/// The ASCII digits of `s`, collected in `buf` without allocating; `None` if there are more
+/// digits than fit (such a value is invalid for every caller).
+fn digits<'a>(s: &str, buf: &'a mut [u8; 16]) -> Option<&'a str> {
+    let mut n = 0;
+    for b in s.bytes().filter(u8::is_ascii_digit) {
+        *buf.get_mut(n)? = b;
+        n += 1;
+    }
+    std::str::from_utf8(&buf[..n]).ok()
 }
 
 /// 10-digit US phone (a leading country code 1 is dropped).
@@ -156,9 +197,10 @@ fn norm_phone(s: &str) -> Option<String> {
     if s.bytes().any(|c| c.is_ascii_alphabetic()) {
         return None;
     }
-    let d = digits(s);
+    let mut buf = [0u8; 16];
+    let d = digits(s, &mut buf)?;
     match d.len() {
-        10 => Some(d),
+        10 => Some(d.to_string()),
         11 if d.starts_with('1') => Some(d[1..].to_string()),
         _ => None,
     }
@@ -172,7 +214,8 @@ fn norm_zip(s: &str) -> Option<String> {
     {
         return None;
     }
-    let d = digits(s);
+    let mut buf = [0u8; 16];
+    let d = digits(s, &mut buf)?;
     match d.len() {
         5 | 9 => Some(d[..5].to_string()),
         _ => None,
@@ -180,7 +223,7 @@ fn norm_zip(s: &str) -> Option<String> {
 }
 
 fn norm_email(s: &str) -> Option<String> {
-    let e = s.trim().to_lowercase();
+    let e = s.trim();
     let (local, domain) = e.split_once('@')?;
     let ok = !local.is_empty()
         && !domain.contains('@')
@@ -189,7 +232,13 @@ fn norm_email(s: &str) -> Option<String> {
             .split_once('.')
             .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty())
         && !domain.ends_with('.');
-    ok.then_some(e)
+    ok.then(|| {
+        if e.is_ascii() {
+            e.to_ascii_lowercase()
+        } else {
+            e.to_lowercase()
+        }
+    })
 }
 
 fn norm_ssn(s: &str) -> Option<String> {
@@ -199,16 +248,17 @@ fn norm_ssn(s: &str) -> Option<String> {
     {
         return None;
     }
-    let d = digits(s);
+    let mut buf = [0u8; 16];
+    let d = digits(s, &mut buf)?;
     match d.len() {
-        4 | 9 if d.bytes().any(|c| c != b'0') => Some(d),
+        4 | 9 if d.bytes().any(|c| c != b'0') => Some(d.to_string()),
         _ => None,
     }
 }
 
 fn trimmed(s: &Option<String>) -> Option<String> {
     s.as_deref()
-        .map(str::trim)
+        .map(trim)
         .filter(|t| !t.is_empty())
         .map(str::to_string)
 }
@@ -220,13 +270,24 @@ fn name(s: &Option<String>) -> Option<String> {
 /// Normalize `original` for matching. Returns the normalized copy and, for each malformed
 /// optional value that was dropped, the field and a plain-words reason.
 pub fn normalize(original: &Demographics) -> (Demographics, Vec<(Field, String)>) {
+    let mut out = Demographics::default();
     let mut warnings = Vec::new();
+    normalize_into(original, &mut out, &mut warnings);
+    (out, warnings)
+}
+
+/// [`normalize`] writing into `out` (avoids moving a large struct per row in the reader).
+pub(crate) fn normalize_into(
+    original: &Demographics,
+    out: &mut Demographics,
+    warnings: &mut Vec<(Field, String)>,
+) {
     let mut checked = |field: Field,
                        v: &Option<String>,
                        f: fn(&str) -> Option<String>,
                        why: &str|
      -> Option<String> {
-        let raw = v.as_deref().map(str::trim).filter(|t| !t.is_empty())?;
+        let raw = v.as_deref().map(trim).filter(|t| !t.is_empty())?;
         let out = f(raw);
         if out.is_none() {
             warnings.push((
@@ -266,7 +327,7 @@ pub fn normalize(original: &Demographics) -> (Demographics, Vec<(Field, String)>
         |s| state_code(s).map(str::to_string),
         "is not a US state (use the 2-letter code or the full name) — it was left out for matching",
     );
-    let normalized = Demographics {
+    *out = Demographics {
         given: name(&original.given),
         middle: name(&original.middle),
         family: name(&original.family),
@@ -288,7 +349,6 @@ pub fn normalize(original: &Demographics) -> (Demographics, Vec<(Field, String)>
         multiple_birth_order: original.multiple_birth_order,
         iis_id: trimmed(&original.iis_id),
     };
-    (normalized, warnings)
 }
 
 /// 64-bit FNV-1a: stable across runs, platforms and Rust versions (unlike `DefaultHasher`).
@@ -320,6 +380,55 @@ impl std::hash::Hasher for Fnv {
             h = h.wrapping_mul(0x0000_0100_0000_01b3);
         }
         self.0 = h;
+    }
+}
+
+/// The set of source ids seen so far, for duplicate detection, without one allocation per id:
+/// ids are appended to one arena string and indexed by their FNV-1a hash. A genuine hash
+/// collision between two different ids falls back to an ordinary map, so it is never mistaken
+/// for a duplicate.
+#[derive(Default)]
+pub(crate) struct IdSet {
+    /// hash → (offset in `arena`, length, line of first occurrence)
+    map: HashMap<u64, (usize, usize, u64), BuildHasherDefault<Fnv>>,
+    arena: String,
+    collided: HashMap<String, u64>,
+}
+
+impl IdSet {
+    pub(crate) fn with_capacity(n: usize) -> IdSet {
+        IdSet {
+            map: HashMap::with_capacity_and_hasher(n, BuildHasherDefault::default()),
+            arena: String::with_capacity(n.saturating_mul(8)),
+            collided: HashMap::new(),
+        }
+    }
+
+    /// Record `id` first seen on `line`; if it was seen before, return the line of the first.
+    pub(crate) fn first_seen(&mut self, id: &str, line: u64) -> Option<u64> {
+        self.first_seen_hashed(id, fnv1a64(id.as_bytes()), line)
+    }
+
+    fn first_seen_hashed(&mut self, id: &str, hash: u64, line: u64) -> Option<u64> {
+        match self.map.entry(hash) {
+            Entry::Occupied(e) => {
+                let (off, len, first) = *e.get();
+                if self.arena.get(off..off + len) == Some(id) {
+                    Some(first)
+                } else if let Some(&first) = self.collided.get(id) {
+                    Some(first)
+                } else {
+                    self.collided.insert(id.to_string(), line);
+                    None
+                }
+            }
+            Entry::Vacant(e) => {
+                let off = self.arena.len();
+                self.arena.push_str(id);
+                e.insert((off, id.len(), line));
+                None
+            }
+        }
     }
 }
 
@@ -355,6 +464,21 @@ mod tests {
         assert_eq!(normalize_name("Zoë Brontë"), "ZOE BRONTE");
         assert_eq!(normalize_name("?!"), "");
         assert_eq!(normalize_name("Ωmega"), "ΩMEGA");
+    }
+
+    #[test]
+    fn id_set_finds_duplicates_and_survives_hash_collisions() {
+        let mut ids = IdSet::with_capacity(4);
+        assert_eq!(ids.first_seen("A1", 2), None);
+        assert_eq!(ids.first_seen("B2", 3), None);
+        assert_eq!(ids.first_seen("A1", 4), Some(2));
+        assert_eq!(ids.first_seen("A1", 5), Some(2));
+        // Force a collision: a different id with the same hash is not a duplicate...
+        let h = fnv1a64(b"A1");
+        assert_eq!(ids.first_seen_hashed("ZZ", h, 6), None);
+        // ...but is one when it comes again.
+        assert_eq!(ids.first_seen_hashed("ZZ", h, 7), Some(6));
+        assert_eq!(ids.first_seen("A1", 8), Some(2));
     }
 
     #[test]

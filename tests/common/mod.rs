@@ -41,7 +41,12 @@ impl Fixture {
         generate::write_cohort_csv(&cohort_path, &entries).expect("write cohort");
         let truth = entries
             .iter()
-            .map(|e| (e.record.local_id.clone().unwrap_or_default(), e.truth.clone()))
+            .map(|e| {
+                (
+                    e.record.local_id.clone().unwrap_or_default(),
+                    e.truth.clone(),
+                )
+            })
             .collect();
         Fixture {
             dir,
