@@ -36,6 +36,9 @@ pub struct BenchArgs {
     /// Which benchmarks: import, ingest, e2e (comma-separated), or all.
     #[arg(long, default_value = "all")]
     pub only: String,
+    /// Bundle counts for the ingest benchmark (memory should plateau as the count grows).
+    #[arg(long, default_value = "20000,100000", value_delimiter = ',')]
+    pub ingest_sizes: Vec<usize>,
     /// Scale every size down by this factor (e.g. 10 for a quick smoke run).
     #[arg(long, default_value_t = 1)]
     pub scale_down: usize,
@@ -169,7 +172,7 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
     }
 
     if want("ingest") {
-        for n in [20_000 / k, 100_000 / k] {
+        for n in a.ingest_sizes.iter().map(|n| (n / k).max(1)) {
             let m = bench_ingest(&a.dir, n).await?;
             println!(
                 "ingest: {n} match Bundles in {:.2} s ({:.0} bundles/s), peak RSS {} (target for 100,000: ≤ 2 s, flat memory)",

@@ -12,7 +12,6 @@
 //! [`CancelFlag`](crate::net::CancelFlag): an *interrupt* leaves the job resumable; a *cancel*
 //! ([`Engine::cancel_job`]) also DELETEs the server-side jobs.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -235,37 +234,43 @@ impl Engine {
                 .map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_else(|| "cohort".to_string()),
         };
+        // Two stages on the two cores: a reader thread parses, validates, normalizes and
+        // encodes rows in batches; this thread writes them in one transaction.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ImportMsg>>(8);
+        let reader = {
+            let path = path.to_path_buf();
+            let mapping = mapping.cloned();
+            std::thread::Builder::new()
+                .name("matchdesk-import-reader".into())
+                .spawn(move || read_in_batches(&path, mapping.as_ref(), tx))
+                .map_err(|e| EngineError::Invalid(format!("could not start the import: {e}")))?
+        };
         let mut store = self.store()?;
         let mut writer = store.begin_import(&name, &path.to_string_lossy())?;
-        let mut problems: Vec<ProblemRow> = Vec::new();
-        let mut sink = |item: ImportItem| -> Result<(), ImportError> {
-            let res = match item {
-                ImportItem::Good(row) => {
-                    problems.clear();
-                    problems.extend(row.warnings.iter().map(to_problem_row));
-                    writer.add_good(
-                        row.line,
-                        &row.source_id,
-                        &row.original,
-                        &row.normalized,
-                        &problems,
-                    )
+        let mut write_error: Option<StoreError> = None;
+        for batch in rx.iter() {
+            for msg in batch {
+                let res = match msg {
+                    ImportMsg::Good(row, warnings) => writer.add_encoded(row, &warnings),
+                    ImportMsg::Bad(problems) => writer.add_bad(&problems),
+                };
+                if let Err(e) = res {
+                    write_error = Some(e);
+                    break;
                 }
-                ImportItem::Bad {
-                    line, problems: p, ..
-                } => {
-                    problems.clear();
-                    problems.extend(p.iter().map(to_problem_row));
-                    let _ = line;
-                    writer.add_bad(&problems)
-                }
-            };
-            res.map_err(|e| ImportError::Sink {
-                line: 0,
-                message: e.to_string(),
-            })
-        };
-        let summary = import::read_cohort(path, mapping, &mut sink)?;
+            }
+            if write_error.is_some() {
+                break;
+            }
+        }
+        drop(rx);
+        let read = reader
+            .join()
+            .map_err(|_| EngineError::Invalid("the import stopped unexpectedly".into()))?;
+        if let Some(e) = write_error {
+            return Err(e.into());
+        }
+        let summary = read?;
         let meta = VersionMeta {
             fingerprint: file_fingerprint(path).unwrap_or_default(),
             format: summary.format.clone(),
@@ -771,51 +776,70 @@ impl Engine {
             .transpose()
             .map_err(|e| EngineError::Invalid(format!("stored manifest is unreadable: {e}")))?;
         let requires_token = manifest.map(|m| m.requires_access_token).unwrap_or(true);
-        let patients = self.store()?.chunk_patients(chunk.id)?;
-        let by_id: HashMap<String, (i64, Demographics)> = patients
-            .into_iter()
-            .map(|p| (p.source_id, (p.row_id, p.normalized)))
-            .collect();
         for file in chunk.files.iter().filter(|f| !f.done) {
             if cancel.is_cancelled() {
                 return Err(NetError::Cancelled.into());
             }
-            let mut ingest = Ingest {
-                engine: self,
-                job_id: chunk.job_id,
-                chunk_id: chunk.id,
-                file_seq: file.seq,
-                skip_through: file.lines,
-                by_id: &by_id,
-                rules: &self.cfg.rules,
-                batch: Vec::with_capacity(BATCH),
-                bad: Vec::new(),
-                last_line: file.lines,
-                events,
+            // Two stages: this task downloads and parses lines; a writer thread looks the rows
+            // up, triages and stores them in batches. Memory stays flat whatever the file size.
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<ParsedLine>>(4);
+            let writer = {
+                let ctx = WriterCtx {
+                    store: self.store.clone(),
+                    rules: self.cfg.rules.clone(),
+                    job_id: chunk.job_id,
+                    chunk_id: chunk.id,
+                    file_seq: file.seq,
+                    events: events.clone(),
+                };
+                std::thread::Builder::new()
+                    .name("matchdesk-ingest".into())
+                    .spawn(move || ctx.run(rx))
+                    .map_err(|e| EngineError::Invalid(format!("could not start ingest: {e}")))?
             };
+            let skip_through = file.lines;
+            let mut batch: Vec<ParsedLine> = Vec::with_capacity(BATCH);
+            let mut last_line = skip_through;
             let result = client
                 .download_lines(&file.url, requires_token, &mut |n, line| {
-                    ingest.line(n, line).map_err(|e| NetError::Ingest {
+                    if n <= skip_through {
+                        return Ok(());
+                    }
+                    last_line = n;
+                    batch.push(ParsedLine {
                         line: n,
-                        message: e.to_string(),
-                    })
+                        bundle: parse_match_bundle(line).map_err(|e| e.to_string()),
+                    });
+                    if batch.len() >= BATCH {
+                        let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                        tx.send(full).map_err(|_| NetError::Ingest {
+                            line: n,
+                            message: "storing results stopped".into(),
+                        })?;
+                    }
+                    Ok(())
                 })
                 .await;
+            if !batch.is_empty() {
+                let _ = tx.send(batch);
+            }
+            drop(tx);
+            let written = tokio::task::spawn_blocking(move || writer.join())
+                .await
+                .map_err(|e| EngineError::Invalid(format!("ingest task failed: {e}")))?
+                .map_err(|_| EngineError::Invalid("storing results stopped unexpectedly".into()))?;
+            // A store failure explains any download error it caused.
+            written?;
             match result {
                 Ok(stats) => {
-                    ingest.flush().map_err(EngineError::from)?;
-                    let total = stats.lines.max(ingest.last_line);
+                    let total = stats.lines.max(last_line);
                     self.store()?.file_done(chunk.id, file.seq, total)?;
                 }
                 Err(NetError::Expired { .. }) => {
-                    ingest.flush()?;
                     return self.refresh_manifest(client, chunk, events).await;
                 }
-                Err(e) => {
-                    // Keep what was ingested; the next attempt skips it.
-                    ingest.flush()?;
-                    return Err(e.into());
-                }
+                // Keep what was ingested; the next attempt skips it.
+                Err(e) => return Err(e.into()),
             }
         }
         let missing = self.store()?.finish_chunk(chunk.job_id, chunk.id)?;
@@ -877,54 +901,91 @@ impl Engine {
 
 const BATCH: usize = 500;
 
-/// Ingest state for one file: parse each line, triage it, store in batches.
-struct Ingest<'a> {
-    engine: &'a Engine,
+/// One downloaded line, parsed (or why it could not be).
+struct ParsedLine {
+    line: u64,
+    bundle: Result<crate::fhir::bundle::MatchBundle, String>,
+}
+
+/// The writer stage of an ingest: rows looked up by submitted id, triaged, stored per batch.
+struct WriterCtx {
+    store: Arc<Mutex<Store>>,
+    rules: TriageRules,
     job_id: i64,
     chunk_id: i64,
     file_seq: i64,
-    /// Lines up to this number were stored by an earlier run.
-    skip_through: u64,
-    by_id: &'a HashMap<String, (i64, Demographics)>,
-    rules: &'a TriageRules,
-    batch: Vec<RowResult>,
-    bad: Vec<(u64, String)>,
-    last_line: u64,
-    events: &'a EventSink,
+    events: EventSink,
 }
 
-impl Ingest<'_> {
-    fn line(&mut self, n: u64, line: &[u8]) -> Result<(), StoreError> {
-        if n <= self.skip_through {
-            return Ok(());
-        }
-        self.last_line = n;
-        match parse_match_bundle(line) {
-            Ok(bundle) => match self.by_id.get(&bundle.submitted_id) {
-                Some((row_id, submitted)) => {
-                    let outcome =
-                        matching::triage(submitted, &bundle.candidates, &bundle.issues, self.rules);
-                    self.batch.push(RowResult {
-                        row_id: *row_id,
-                        candidates: bundle.candidates,
-                        issues: bundle.issues,
-                        outcome,
-                    });
+impl WriterCtx {
+    fn lock(&self) -> Result<MutexGuard<'_, Store>, StoreError> {
+        self.store.lock().map_err(|_| {
+            StoreError::Corrupt("the workspace lock was poisoned by a failed task".into())
+        })
+    }
+
+    fn run(self, rx: std::sync::mpsc::Receiver<Vec<ParsedLine>>) -> Result<(), StoreError> {
+        let mut results: Vec<RowResult> = Vec::with_capacity(BATCH);
+        let mut bad: Vec<(u64, String)> = Vec::new();
+        for batch in rx.iter() {
+            let Some(last_line) = batch.last().map(|p| p.line) else {
+                continue;
+            };
+            let ids: Vec<&str> = batch
+                .iter()
+                .filter_map(|p| p.bundle.as_ref().ok().map(|b| b.submitted_id.as_str()))
+                .collect();
+            let rows = self.lock()?.chunk_rows_by_source(self.chunk_id, &ids)?;
+            let mut rows = rows.into_iter();
+            results.clear();
+            bad.clear();
+            for parsed in batch {
+                match parsed.bundle {
+                    Ok(bundle) => match rows.next().flatten() {
+                        Some((row_id, submitted)) => {
+                            let outcome = matching::triage(
+                                &submitted,
+                                &bundle.candidates,
+                                &bundle.issues,
+                                &self.rules,
+                            );
+                            results.push(RowResult {
+                                row_id,
+                                candidates: bundle.candidates,
+                                issues: bundle.issues,
+                                outcome,
+                            });
+                        }
+                        None => self.bad_line(
+                            &mut bad,
+                            parsed.line,
+                            "the match Bundle refers to a patient that was not in this request"
+                                .into(),
+                        ),
+                    },
+                    Err(message) => self.bad_line(&mut bad, parsed.line, message),
                 }
-                None => self.bad_line(
-                    n,
-                    "the match Bundle refers to a patient that was not in this request".into(),
-                ),
-            },
-            Err(e) => self.bad_line(n, e.to_string()),
-        }
-        if self.batch.len() >= BATCH {
-            self.flush()?;
+            }
+            self.lock()?.ingest_batch(
+                self.job_id,
+                self.chunk_id,
+                self.file_seq,
+                last_line,
+                &results,
+                &bad,
+            )?;
+            if !results.is_empty() {
+                (self.events)(JobEvent::RowsIngested {
+                    job_id: self.job_id,
+                    chunk_id: self.chunk_id,
+                    rows: results.len() as u64,
+                });
+            }
         }
         Ok(())
     }
 
-    fn bad_line(&mut self, n: u64, message: String) {
+    fn bad_line(&self, bad: &mut Vec<(u64, String)>, n: u64, message: String) {
         warn!(
             chunk = self.chunk_id,
             file = self.file_seq,
@@ -937,40 +998,10 @@ impl Ingest<'_> {
             line: n,
             message: message.clone(),
         });
-        self.bad.push((
+        bad.push((
             n,
             format!("file {}, line {n}: {message}", self.file_seq + 1),
         ));
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        if self.batch.is_empty() && self.bad.is_empty() {
-            return Ok(());
-        }
-        let n = self.batch.len() as u64;
-        {
-            let mut store = self.engine.store.lock().map_err(|_| {
-                StoreError::Corrupt("the workspace lock was poisoned by a failed task".into())
-            })?;
-            store.ingest_batch(
-                self.job_id,
-                self.chunk_id,
-                self.file_seq,
-                self.last_line,
-                &self.batch,
-                &self.bad,
-            )?;
-        }
-        self.batch.clear();
-        self.bad.clear();
-        if n > 0 {
-            (self.events)(JobEvent::RowsIngested {
-                job_id: self.job_id,
-                chunk_id: self.chunk_id,
-                rows: n,
-            });
-        }
-        Ok(())
     }
 }
 
@@ -984,6 +1015,57 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     Ok(format!("{}:{mtime}", meta.len()))
+}
+
+/// One imported row on its way from the reader thread to the writer.
+enum ImportMsg {
+    Good(crate::store::EncodedRow, Vec<ProblemRow>),
+    Bad(Vec<ProblemRow>),
+}
+
+const IMPORT_BATCH: usize = 2048;
+
+/// The reader stage of an import: stream the file and send encoded rows in batches.
+fn read_in_batches(
+    path: &Path,
+    mapping: Option<&Mapping>,
+    tx: std::sync::mpsc::SyncSender<Vec<ImportMsg>>,
+) -> Result<ImportSummary, ImportError> {
+    let mut batch: Vec<ImportMsg> = Vec::with_capacity(IMPORT_BATCH);
+    let stopped = |line: u64| ImportError::Sink {
+        line,
+        message: "the workspace stopped accepting rows".into(),
+    };
+    let mut sink = |item: ImportItem| -> Result<(), ImportError> {
+        let line = match &item {
+            ImportItem::Good(r) => r.line,
+            ImportItem::Bad { line, .. } => *line,
+        };
+        batch.push(match item {
+            ImportItem::Good(row) => ImportMsg::Good(
+                crate::store::EncodedRow::new(
+                    row.line,
+                    row.source_id,
+                    &row.original,
+                    &row.normalized,
+                ),
+                row.warnings.iter().map(to_problem_row).collect(),
+            ),
+            ImportItem::Bad { problems, .. } => {
+                ImportMsg::Bad(problems.iter().map(to_problem_row).collect())
+            }
+        });
+        if batch.len() >= IMPORT_BATCH {
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));
+            tx.send(full).map_err(|_| stopped(line))?;
+        }
+        Ok(())
+    };
+    let summary = import::read_cohort(path, mapping, &mut sink)?;
+    if !batch.is_empty() {
+        tx.send(batch).map_err(|_| stopped(0))?;
+    }
+    Ok(summary)
 }
 
 fn to_problem_row(p: &import::RowProblem) -> ProblemRow {

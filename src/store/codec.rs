@@ -21,8 +21,7 @@ pub fn encode_into(d: &Demographics, out: &mut String) {
         match f {
             Field::BirthDate => {
                 if let Some(date) = d.birth_date {
-                    use std::fmt::Write;
-                    let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+                    push_date(out, date);
                 }
             }
             Field::Sex => {
@@ -37,8 +36,7 @@ pub fn encode_into(d: &Demographics, out: &mut String) {
             }
             Field::MultipleBirthOrder => {
                 if let Some(n) = d.multiple_birth_order {
-                    use std::fmt::Write;
-                    let _ = write!(out, "{n}");
+                    push_u32(out, n);
                 }
             }
             other => {
@@ -54,8 +52,43 @@ pub fn encode_into(d: &Demographics, out: &mut String) {
     }
 }
 
+/// `YYYY-MM-DD` without going through chrono's formatter (this runs a million times per import).
+fn push_date(out: &mut String, date: NaiveDate) {
+    use chrono::Datelike;
+    let y = date.year();
+    if (0..=9999).contains(&y) {
+        let y = y as u32;
+        for d in [y / 1000, y / 100 % 10, y / 10 % 10, y % 10] {
+            out.push(char::from(b'0' + d as u8));
+        }
+    } else {
+        out.push_str(&format!("{y:04}"));
+    }
+    for v in [date.month(), date.day()] {
+        out.push('-');
+        out.push(char::from(b'0' + (v / 10) as u8));
+        out.push(char::from(b'0' + (v % 10) as u8));
+    }
+}
+
+fn push_u32(out: &mut String, n: u32) {
+    let mut buf = [0u8; 10];
+    let mut i = buf.len();
+    let mut n = n;
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for b in &buf[i..] {
+        out.push(char::from(*b));
+    }
+}
+
 /// Encode demographics as a new string.
-#[cfg(test)]
 pub fn encode(d: &Demographics) -> String {
     let mut s = String::with_capacity(128);
     encode_into(d, &mut s);
@@ -185,6 +218,21 @@ mod tests {
             decode(&encode(&Demographics::default())).unwrap(),
             Demographics::default()
         );
+    }
+
+    #[test]
+    fn dates_and_numbers_are_written_like_chrono_would() {
+        for (y, m, d) in [(1900, 1, 1), (2019, 2, 28), (2026, 12, 31), (987, 7, 4)] {
+            let date = NaiveDate::from_ymd_opt(y, m, d).unwrap();
+            let mut s = String::new();
+            push_date(&mut s, date);
+            assert_eq!(s, date.format("%Y-%m-%d").to_string());
+        }
+        for n in [0, 7, 10, 4_294_967_295] {
+            let mut s = String::new();
+            push_u32(&mut s, n);
+            assert_eq!(s, n.to_string());
+        }
     }
 
     #[test]

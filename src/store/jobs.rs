@@ -489,10 +489,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let tx = self.tx("saving match results")?;
         let now = now_text();
-        let mut enc = String::with_capacity(256);
-        for res in results {
-            write_result(&tx, job_id, res, &now, &mut enc)?;
-        }
+        write_results(&tx, job_id, results, &now)?;
         for (line, msg) in bad_lines {
             tx.prepare_cached(
                 "INSERT OR REPLACE INTO ingest_errors (chunk_id, file_seq, line, message) VALUES (?1, ?2, ?3, ?4)",
@@ -543,9 +540,9 @@ impl Store {
                 .ctx("finishing a chunk")?
         };
         let now = now_text();
-        let mut enc = String::new();
-        for row_id in &missing {
-            let res = RowResult {
+        let missing_results: Vec<RowResult> = missing
+            .iter()
+            .map(|row_id| RowResult {
                 row_id: *row_id,
                 candidates: Vec::new(),
                 issues: vec![RowIssue {
@@ -554,9 +551,9 @@ impl Store {
                     text: "The server's results did not include this patient. Run the match again to resubmit it.".into(),
                 }],
                 outcome: Outcome::Error,
-            };
-            write_result(&tx, job_id, &res, &now, &mut enc)?;
-        }
+            })
+            .collect();
+        write_results(&tx, job_id, &missing_results, &now)?;
         tx.execute(
             "UPDATE chunks SET state = 'ingested', progress = NULL, updated_at = ?2 WHERE id = ?1",
             params![chunk_id, now],
@@ -700,6 +697,44 @@ impl Store {
         tx.commit().ctx("cancelling a job")
     }
 
+    /// For each submitted id, the row `(id, normalized demographics)` if the id belongs to this
+    /// chunk. Point lookups, so ingest memory does not grow with the chunk.
+    pub fn chunk_rows_by_source(
+        &self,
+        chunk_id: i64,
+        ids: &[&str],
+    ) -> Result<Vec<Option<(i64, Demographics)>>, StoreError> {
+        let cohort_id: i64 = self
+            .conn
+            .prepare_cached(
+                "SELECT j.cohort_id FROM chunks c JOIN jobs j ON j.id = c.job_id WHERE c.id = ?1",
+            )
+            .and_then(|mut s| s.query_row([chunk_id], |r| r.get(0)))
+            .ctx("looking up a chunk's cohort")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT r.id, r.normalized FROM rows r
+                 WHERE r.cohort_id = ?1 AND r.source_id = ?2
+                   AND EXISTS (SELECT 1 FROM chunk_rows cr WHERE cr.chunk_id = ?3 AND cr.row_id = r.id)",
+            )
+            .ctx("looking up submitted rows")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let found: Option<(i64, String)> = stmt
+                .query_row(params![cohort_id, id, chunk_id], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()
+                .ctx("looking up submitted rows")?;
+            out.push(match found {
+                Some((row_id, norm)) => Some((row_id, codec::decode(&norm)?)),
+                None => None,
+            });
+        }
+        Ok(out)
+    }
+
     /// Candidates stored for a row, by rank.
     pub fn candidates(&self, row_id: i64) -> Result<Vec<Candidate>, StoreError> {
         let mut stmt = self
@@ -795,92 +830,294 @@ impl Store {
     }
 }
 
-fn write_result(
+/// Rows per multi-row statement in [`write_results`].
+const GROUP: usize = 64;
+
+/// Run `INSERT ... VALUES (..),(..)` for `values` (row-major, `cols` per row), 64 rows at a time.
+fn insert_many(
+    tx: &Transaction<'_>,
+    head: &str,
+    cols: usize,
+    values: &[&dyn rusqlite::ToSql],
+    doing: &str,
+) -> Result<(), StoreError> {
+    let row_tuple = format!("({})", vec!["?"; cols].join(","));
+    for group in values.chunks(GROUP * cols) {
+        let n = group.len() / cols;
+        let sql = format!("{head} VALUES {}", vec![row_tuple.as_str(); n].join(","));
+        tx.prepare_cached(&sql)
+            .and_then(|mut st| st.execute(rusqlite::params_from_iter(group.iter())))
+            .ctx(doing)?;
+    }
+    Ok(())
+}
+
+/// Store many rows' results in the caller's transaction: each row's previous candidates and
+/// issues are replaced, its outcome set, and the decision appended to the audit log. Multi-row
+/// statements keep this at a few statements per batch instead of several per row.
+pub(crate) fn write_results(
     tx: &Transaction<'_>,
     job_id: i64,
-    res: &RowResult,
+    results: &[RowResult],
     now: &str,
-    enc: &mut String,
 ) -> Result<(), StoreError> {
-    for sql in [
-        "DELETE FROM candidates WHERE row_id = ?1",
-        "DELETE FROM row_issues WHERE row_id = ?1",
-    ] {
-        tx.prepare_cached(sql)
-            .and_then(|mut s| s.execute([res.row_id]))
-            .ctx("replacing a row's results")?;
+    if results.is_empty() {
+        return Ok(());
     }
-    {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO candidates (row_id, rank, job_id, iis_id, score, grade, full_url, demographics)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            )
-            .ctx("saving candidates")?;
+    for group in results.chunks(GROUP) {
+        let ids: Vec<i64> = group.iter().map(|r| r.row_id).collect();
+        let list = vec!["?"; ids.len()].join(",");
+        for table in ["candidates", "row_issues"] {
+            tx.prepare_cached(&format!("DELETE FROM {table} WHERE row_id IN ({list})"))
+                .and_then(|mut st| st.execute(rusqlite::params_from_iter(ids.iter())))
+                .ctx("replacing rows' results")?;
+        }
+    }
+    // Owned values first, then borrowed parameter lists over them.
+    struct CandRow {
+        row_id: i64,
+        rank: i64,
+        iis_id: String,
+        score: Option<f64>,
+        grade: Option<&'static str>,
+        full_url: Option<String>,
+        demo: String,
+    }
+    let mut cands = Vec::new();
+    for res in results {
         for c in &res.candidates {
-            codec::encode_into(&c.demographics, enc);
-            ins.execute(params![
-                res.row_id,
-                c.rank as i64,
-                job_id,
-                c.iis_id,
-                c.score,
-                c.grade.map(|g| g.code()),
-                c.full_url,
-                enc.as_str()
-            ])
-            .ctx("saving candidates")?;
+            cands.push(CandRow {
+                row_id: res.row_id,
+                rank: c.rank as i64,
+                iis_id: c.iis_id.clone(),
+                score: c.score,
+                grade: c.grade.map(|g| g.code()),
+                full_url: c.full_url.clone(),
+                demo: codec::encode(&c.demographics),
+            });
         }
     }
-    {
-        let mut ins = tx
-            .prepare_cached(
-                "INSERT INTO row_issues (row_id, job_id, severity, code, text) VALUES (?1, ?2, ?3, ?4, ?5)",
-            )
-            .ctx("saving row issues")?;
-        for i in &res.issues {
-            ins.execute(params![res.row_id, job_id, i.severity, i.code, i.text])
-                .ctx("saving row issues")?;
-        }
+    let mut v: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(cands.len() * 8);
+    for c in &cands {
+        v.extend_from_slice(&[
+            &c.row_id,
+            &c.rank,
+            &job_id,
+            &c.iis_id,
+            &c.score,
+            &c.grade,
+            &c.full_url,
+            &c.demo,
+        ]);
     }
-    let (outcome, reason) = outcome_to_db(res.outcome);
-    let best = res.candidates.first();
-    tx.prepare_cached(
-        "INSERT OR REPLACE INTO triage (row_id, job_id, outcome, reason, best_iis_id, best_score,
-            best_grade, candidates, decided_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            res.row_id,
-            job_id,
-            outcome,
-            reason,
-            best.map(|c| c.iis_id.as_str()),
-            best.and_then(|c| c.score),
-            best.and_then(|c| c.grade).map(|g| g.code()),
-            res.candidates.len() as i64,
-            now
-        ])
-    })
-    .ctx("saving an outcome")?;
-    let details = match reason {
-        Some(r) => format!(
-            "{{\"outcome\":\"{outcome}\",\"reason\":\"{r}\",\"candidates\":{}}}",
-            res.candidates.len()
-        ),
-        None => format!(
-            "{{\"outcome\":\"{outcome}\",\"candidates\":{}}}",
-            res.candidates.len()
-        ),
-    };
-    audit(
+    insert_many(
         tx,
-        "system",
-        "triage",
-        "row",
-        Some(&res.row_id.to_string()),
-        Some(&details),
-        Some(&format!("job {job_id}")),
+        "INSERT INTO candidates (row_id, rank, job_id, iis_id, score, grade, full_url, demographics)",
+        8,
+        &v,
+        "saving candidates",
     )?;
-    Ok(())
+    let issues: Vec<(i64, &RowIssue)> = results
+        .iter()
+        .flat_map(|r| r.issues.iter().map(move |i| (r.row_id, i)))
+        .collect();
+    let mut v: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(issues.len() * 5);
+    for (row_id, i) in &issues {
+        v.extend_from_slice(&[row_id, &job_id, &i.severity, &i.code, &i.text]);
+    }
+    insert_many(
+        tx,
+        "INSERT INTO row_issues (row_id, job_id, severity, code, text)",
+        5,
+        &v,
+        "saving row issues",
+    )?;
+    struct TriageRow {
+        outcome: &'static str,
+        reason: Option<&'static str>,
+        best_iis_id: Option<String>,
+        best_score: Option<f64>,
+        best_grade: Option<&'static str>,
+        candidates: i64,
+        row_key: String,
+        details: String,
+    }
+    let job_note = format!("job {job_id}");
+    let rows: Vec<TriageRow> = results
+        .iter()
+        .map(|res| {
+            let (outcome, reason) = outcome_to_db(res.outcome);
+            let best = res.candidates.first();
+            let details = match reason {
+                Some(r) => format!(
+                    "{{\"outcome\":\"{outcome}\",\"reason\":\"{r}\",\"candidates\":{}}}",
+                    res.candidates.len()
+                ),
+                None => format!(
+                    "{{\"outcome\":\"{outcome}\",\"candidates\":{}}}",
+                    res.candidates.len()
+                ),
+            };
+            TriageRow {
+                outcome,
+                reason,
+                best_iis_id: best.map(|c| c.iis_id.clone()),
+                best_score: best.and_then(|c| c.score),
+                best_grade: best.and_then(|c| c.grade).map(|g| g.code()),
+                candidates: res.candidates.len() as i64,
+                row_key: res.row_id.to_string(),
+                details,
+            }
+        })
+        .collect();
+    let mut v: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows.len() * 9);
+    for (res, t) in results.iter().zip(&rows) {
+        v.extend_from_slice(&[
+            &res.row_id,
+            &job_id,
+            &t.outcome,
+            &t.reason,
+            &t.best_iis_id,
+            &t.best_score,
+            &t.best_grade,
+            &t.candidates,
+            &now,
+        ]);
+    }
+    insert_many(
+        tx,
+        "INSERT OR REPLACE INTO triage (row_id, job_id, outcome, reason, best_iis_id, best_score, best_grade, candidates, decided_at)",
+        9,
+        &v,
+        "saving outcomes",
+    )?;
+    let (actor, action, entity) = ("system", "triage", "row");
+    let mut v: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rows.len() * 7);
+    for t in &rows {
+        v.extend_from_slice(&[
+            &now, &actor, &action, &entity, &t.row_key, &t.details, &job_note,
+        ]);
+    }
+    insert_many(
+        tx,
+        "INSERT INTO audit (at, actor, action, entity, entity_id, details, why)",
+        7,
+        &v,
+        "recording decisions in the audit log",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{EncodedRow, VersionMeta};
+
+    fn setup(rows: usize) -> (tempfile::TempDir, Store, JobInfo) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ws.db")).unwrap();
+        let mut w = store.begin_import("c", "f.csv").unwrap();
+        for i in 0..rows {
+            let d = Demographics {
+                family: Some(format!("F{i}")),
+                ..Default::default()
+            };
+            w.add_encoded(EncodedRow::new(i as u64 + 2, format!("S{i}"), &d, &d), &[])
+                .unwrap();
+        }
+        let done = w.finish(&VersionMeta::default(), "t").unwrap();
+        let job = store
+            .create_job(
+                done.cohort_id,
+                "http://127.0.0.1/fhir",
+                &MatchOptions::default(),
+                4,
+                "t",
+            )
+            .unwrap()
+            .unwrap();
+        (dir, store, job)
+    }
+
+    fn cand(rank: u32, id: &str) -> Candidate {
+        Candidate {
+            rank,
+            iis_id: id.into(),
+            score: Some(0.9),
+            grade: Some(MatchGrade::Certain),
+            full_url: None,
+            demographics: Demographics::default(),
+        }
+    }
+
+    #[test]
+    fn jobs_are_chunked_and_reingesting_a_batch_never_duplicates() {
+        let (_dir, mut store, job) = setup(10);
+        let chunks = store.chunks(job.id).unwrap();
+        assert_eq!(
+            chunks.iter().map(|c| c.row_count).collect::<Vec<_>>(),
+            vec![4, 4, 2]
+        );
+        let c = &chunks[0];
+        let patients = store.chunk_patients(c.id).unwrap();
+        let ids: Vec<&str> = patients.iter().map(|p| p.source_id.as_str()).collect();
+        let found = store.chunk_rows_by_source(c.id, &ids).unwrap();
+        assert!(found.iter().all(Option::is_some));
+        // An id of another chunk is not found in this one.
+        assert_eq!(
+            store.chunk_rows_by_source(c.id, &["S9"]).unwrap(),
+            vec![None]
+        );
+
+        let results: Vec<RowResult> = patients
+            .iter()
+            .map(|p| RowResult {
+                row_id: p.row_id,
+                candidates: vec![cand(1, "A"), cand(2, "B")],
+                issues: vec![],
+                outcome: Outcome::Review(ReviewReason::SeveralCandidates),
+            })
+            .collect();
+        store
+            .chunk_manifest(c.id, "{}", &["http://x/1".into()])
+            .unwrap();
+        store
+            .ingest_batch(job.id, c.id, 0, 4, &results, &[])
+            .unwrap();
+        store
+            .ingest_batch(job.id, c.id, 0, 4, &results, &[(5, "bad".into())])
+            .unwrap();
+        store
+            .ingest_batch(job.id, c.id, 0, 4, &results, &[(5, "bad".into())])
+            .unwrap();
+        for p in &patients {
+            assert_eq!(store.candidates(p.row_id).unwrap().len(), 2);
+            assert_eq!(
+                store.outcome(p.row_id).unwrap(),
+                Some(Outcome::Review(ReviewReason::SeveralCandidates))
+            );
+        }
+        assert_eq!(store.ingest_errors(job.id).unwrap().len(), 1);
+        assert_eq!(store.chunks(job.id).unwrap()[0].files[0].lines, 4);
+        // Rows the server said nothing about become errors when the chunk finishes.
+        let c2 = &chunks[1];
+        assert_eq!(store.finish_chunk(job.id, c2.id).unwrap(), 4);
+        let report = store.report().unwrap();
+        assert_eq!(report.outcomes.review, 4);
+        assert_eq!(report.outcomes.error, 4);
+        assert_eq!(report.pending, 2);
+    }
+
+    #[test]
+    fn split_moves_the_tail_to_a_new_pending_chunk() {
+        let (_dir, mut store, job) = setup(4);
+        let c = store.chunks(job.id).unwrap()[0].clone();
+        let new_id = store.split_chunk(c.id, 1).unwrap();
+        let chunks = store.chunks(job.id).unwrap();
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0].row_count, 1);
+        assert_eq!(chunks[1].id, new_id);
+        assert_eq!(chunks[1].row_count, 3);
+        assert_eq!(store.chunk_patients(new_id).unwrap().len(), 3);
+        assert_eq!(chunks[1].state, ChunkState::Pending);
+    }
 }
