@@ -56,6 +56,9 @@ fn exe() -> Result<PathBuf> {
 
 /// Run `matchdesk ARGS` as a child and measure it.
 fn measure(args: &[&str]) -> Result<Measured> {
+    // Let the previous step's dirty pages reach the disk first, so its write-back does not
+    // land in this measurement (best effort; `sync` is absent on some systems).
+    let _ = Command::new("sync").status();
     let start = Instant::now();
     let out = Command::new(exe()?)
         .args(args)
@@ -113,6 +116,8 @@ fn ensure_data(
             &coh.to_string_lossy(),
             "--cohort-size",
             &cohort.to_string(),
+            "--truth-out",
+            &dir.join(format!("truth-{tag}.csv")).to_string_lossy(),
         ])?;
         eprintln!("  generated in {:.1}s", m.secs);
     }
@@ -247,13 +252,58 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
             .find(|l| l.starts_with("rows:"))
             .unwrap_or("")
             .to_string();
+        let quality = auto_match_quality(&a.dir, &db, &format!("e2e-{reg_n}-{coh_n}"))
+            .unwrap_or_else(|e| format!("(could not score against the truth file: {e})"));
         println!(
-            "end to end: {coh_n}-patient cohort against {reg_n} registry patients in {:.1} s, client peak RSS {} (target ≤ 60 s)\n  {summary}",
+            "end to end: {coh_n}-patient cohort against {reg_n} registry patients in {:.1} s, client peak RSS {} (target ≤ 60 s)\n  {summary}\n  {quality}",
             m.secs,
             rss(&m)
         );
     }
     Ok(0)
+}
+
+/// Compare the run's results with the generator's ground truth: how many auto-matches point at
+/// the true registry record, and how many in-registry rows were auto-matched.
+fn auto_match_quality(dir: &Path, db: &Path, tag: &str) -> Result<String> {
+    let out = dir.join("e2e-export");
+    measure(&[
+        "report",
+        "--db",
+        &db.to_string_lossy(),
+        "--export",
+        &out.to_string_lossy(),
+    ])?;
+    let mut truth = std::collections::HashMap::new();
+    let mut r = csv::Reader::from_path(dir.join(format!("truth-{tag}.csv")))?;
+    for rec in r.records() {
+        let rec = rec?;
+        truth.insert(
+            rec.get(0).unwrap_or("").to_string(),
+            rec.get(1).unwrap_or("").to_string(),
+        );
+    }
+    let (mut auto, mut right, mut in_registry) = (0u64, 0u64, 0u64);
+    let mut r = csv::Reader::from_path(out.join("results.csv"))?;
+    for rec in r.records() {
+        let rec = rec?;
+        let sid = rec.get(0).unwrap_or("");
+        let t = truth.get(sid).map(String::as_str).unwrap_or("");
+        if !t.is_empty() {
+            in_registry += 1;
+        }
+        if rec.get(1) == Some("auto_match") {
+            auto += 1;
+            if rec.get(2) == Some(t) && !t.is_empty() {
+                right += 1;
+            }
+        }
+    }
+    Ok(format!(
+        "auto-match precision {:.2}% ({right} of {auto} point at the true record); {:.1}% of the {in_registry} in-registry rows auto-matched",
+        100.0 * right as f64 / auto.max(1) as f64,
+        100.0 * right as f64 / in_registry.max(1) as f64
+    ))
 }
 
 /// Ingest benchmark: a workspace with `n` rows in one submitted chunk whose status URL answers
