@@ -513,3 +513,57 @@ async fn plain_http_to_a_remote_server_is_refused() {
         .to_string();
     assert!(err.contains("https"), "{err}");
 }
+
+/// A server that accepts every kick-off and then forgets it (404 on status): the engine
+/// resubmits a bounded number of times, then fails the chunk with a message that says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_forgets_requests_is_given_up_on() {
+    use axum::Router;
+    use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+    use axum::routing::{get, post};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    let kickoffs = Arc::new(AtomicU64::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}/fhir", listener.local_addr().unwrap());
+    let k2 = kickoffs.clone();
+    let status_url = format!("{base}/status/1");
+    let app = Router::new()
+        .route(
+            "/fhir/Patient/$bulk-match",
+            post(move || {
+                let k = k2.clone();
+                let loc = status_url.clone();
+                async move {
+                    k.fetch_add(1, Ordering::SeqCst);
+                    let mut h = HeaderMap::new();
+                    h.insert(header::CONTENT_LOCATION, HeaderValue::from_str(&loc).unwrap());
+                    (StatusCode::ACCEPTED, h)
+                }
+            }),
+        )
+        .route(
+            "/fhir/status/1",
+            get(|| async {
+                (
+                    StatusCode::NOT_FOUND,
+                    [(header::CONTENT_TYPE, "application/fhir+json")],
+                    r#"{"resourceType":"OperationOutcome","issue":[{"severity":"error","code":"not-found","diagnostics":"no such job"}]}"#,
+                )
+            }),
+        );
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let f = Fixture::new(300, 10, 20);
+    let mut cfg = fast_engine(10);
+    cfg.max_chunk_attempts = 3;
+    let engine = open(&f, cfg);
+    let jobs = run(&engine, &f, &base).await;
+    server.abort();
+    assert_eq!(jobs[0].1, JobState::Failed);
+    assert_eq!(kickoffs.load(Ordering::SeqCst), 3, "bounded resubmission");
+    let report = engine.store().unwrap().report().unwrap();
+    let err = report.jobs[0].last_error.clone().unwrap_or_default();
+    assert!(err.contains("gave up after 3 attempts"), "{err}");
+    assert_eq!(report.pending, 10, "the rows are kept for another run");
+}

@@ -405,8 +405,12 @@ fn print_import(r: &matchdesk::engine::ImportResult) {
     );
     if r.diff.reimport {
         println!(
-            "compared with the previous import: {} new, {} changed, {} unchanged, {} left the cohort",
-            r.diff.new_rows, r.diff.changed_rows, r.diff.unchanged_rows, r.diff.left_rows
+            "compared with the previous import: {} new, {} changed, {} unchanged, {} left the cohort, {} kept as before because they are bad in this file",
+            r.diff.new_rows,
+            r.diff.changed_rows,
+            r.diff.unchanged_rows,
+            r.diff.left_rows,
+            r.diff.now_bad_rows
         );
     }
     if s.bad_rows > 0 {

@@ -252,7 +252,9 @@ impl Engine {
             for msg in batch {
                 let res = match msg {
                     ImportMsg::Good(row, warnings) => writer.add_encoded(row, &warnings),
-                    ImportMsg::Bad(problems) => writer.add_bad(&problems),
+                    ImportMsg::Bad(problems, source_id) => {
+                        writer.add_bad(&problems, source_id.as_deref())
+                    }
                 };
                 if let Err(e) = res {
                     write_error = Some(e);
@@ -550,6 +552,26 @@ impl Engine {
                 return Ok(created);
             }
             let chunk = self.chunk(job_id, chunk_id)?;
+            if chunk.state == ChunkState::Pending && chunk.attempts >= self.cfg.max_chunk_attempts {
+                // E.g. a server that accepts the kick-off and then forgets the request every time.
+                let why = format!(
+                    "gave up after {} attempts: {}",
+                    chunk.attempts,
+                    chunk
+                        .last_error
+                        .as_deref()
+                        .unwrap_or("the server did not keep the request")
+                );
+                self.store()?
+                    .set_chunk_state(chunk_id, ChunkState::Failed, Some(&why))?;
+                events(JobEvent::ChunkFinished {
+                    job_id,
+                    chunk_id,
+                    state: ChunkState::Failed,
+                    error: Some(why),
+                });
+                return Ok(created);
+            }
             let step = match chunk.state {
                 ChunkState::Pending => {
                     self.submit(client, &chunk, options, events, &mut created)
@@ -1020,7 +1042,8 @@ pub fn file_fingerprint(path: &Path) -> std::io::Result<String> {
 /// One imported row on its way from the reader thread to the writer.
 enum ImportMsg {
     Good(crate::store::EncodedRow, Vec<ProblemRow>),
-    Bad(Vec<ProblemRow>),
+    /// A bad row's problems and, when the file gave it one, its own id.
+    Bad(Vec<ProblemRow>, Option<String>),
 }
 
 const IMPORT_BATCH: usize = 2048;
@@ -1051,9 +1074,17 @@ fn read_in_batches(
                 ),
                 row.warnings.iter().map(to_problem_row).collect(),
             ),
-            ImportItem::Bad { problems, .. } => {
-                ImportMsg::Bad(problems.iter().map(to_problem_row).collect())
-            }
+            ImportItem::Bad {
+                problems, original, ..
+            } => ImportMsg::Bad(
+                problems.iter().map(to_problem_row).collect(),
+                original
+                    .local_id
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from),
+            ),
         });
         if batch.len() >= IMPORT_BATCH {
             let full = std::mem::replace(&mut batch, Vec::with_capacity(IMPORT_BATCH));

@@ -31,6 +31,9 @@ pub struct ImportDiff {
     pub changed_rows: u64,
     pub unchanged_rows: u64,
     pub left_rows: u64,
+    /// Rows of the previous version that are bad in this file: kept as they were (not counted as
+    /// having left), so a typo in a new export does not propose a Group removal.
+    pub now_bad_rows: u64,
     /// Whether a previous version existed.
     pub reimport: bool,
 }
@@ -471,9 +474,29 @@ impl ImportWriter<'_> {
     }
 
     /// Record a bad row's problems.
-    pub fn add_bad(&mut self, problems: &[ProblemRow]) -> Result<(), StoreError> {
+    /// Record a bad row's problems. `source_id` is the row's own id when the file has one: if
+    /// the previous version holds that row, it is kept as it was and counted as now bad.
+    pub fn add_bad(
+        &mut self,
+        problems: &[ProblemRow],
+        source_id: Option<&str>,
+    ) -> Result<(), StoreError> {
         for p in problems {
             self.add_problem(p)?;
+        }
+        if let Some(sid) = source_id
+            && let Some(&(row_id, _)) = self.existing.get(sid)
+        {
+            let kept = self
+                .tx
+                .prepare_cached(
+                    "UPDATE rows SET last_version = ?2 WHERE id = ?1 AND last_version < ?2",
+                )
+                .and_then(|mut st| st.execute(params![row_id, self.version_id]))
+                .ctx("keeping a row that is bad in the new file")?;
+            if kept > 0 {
+                self.diff.now_bad_rows += 1;
+            }
         }
         Ok(())
     }
@@ -637,6 +660,37 @@ mod tests {
         assert_eq!(done.diff.new_rows, 10);
         assert_eq!(done.diff.changed_rows, 1, "row 50 changed back");
         assert_eq!(store.left_rows(c.id).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn a_row_that_turns_bad_is_kept_not_counted_as_left() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("ws.db")).unwrap();
+        import(&mut store, 0..10, None);
+        let mut w = store.begin_import("c", "v2.csv").unwrap();
+        for i in 1..10 {
+            let d = person(i);
+            w.add_encoded(EncodedRow::new(i as u64, format!("ID{i}"), &d, &d), &[])
+                .unwrap();
+        }
+        let problem = ProblemRow {
+            line: 2,
+            column: Some("DOB".into()),
+            value: Some("02/30/2019".into()),
+            reason: "not a real date".into(),
+            severity: "error".into(),
+        };
+        w.add_bad(std::slice::from_ref(&problem), Some("ID0"))
+            .unwrap();
+        // A bad row with an unknown id changes nothing.
+        w.add_bad(std::slice::from_ref(&problem), Some("NEW"))
+            .unwrap();
+        let done = w.finish(&VersionMeta::default(), "t").unwrap();
+        assert_eq!(done.diff.now_bad_rows, 1);
+        assert_eq!(done.diff.left_rows, 0);
+        let c = store.cohort_by_name("c").unwrap().unwrap();
+        assert_eq!(c.active_rows, 10);
+        assert_eq!(store.import_problems(done.version_id).unwrap().len(), 2);
     }
 
     #[test]
