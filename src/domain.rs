@@ -248,6 +248,57 @@ impl Demographics {
         }
     }
 
+    /// The slot of a free-text field; `None` for the typed ones (birth date, sex, multiple birth
+    /// and birth order).
+    pub fn text_mut(&mut self, field: Field) -> Option<&mut Option<String>> {
+        Some(match field {
+            Field::Given => &mut self.given,
+            Field::Middle => &mut self.middle,
+            Field::Family => &mut self.family,
+            Field::Suffix => &mut self.suffix,
+            Field::Phone => &mut self.phone,
+            Field::Email => &mut self.email,
+            Field::AddressLine1 => &mut self.address_line1,
+            Field::AddressLine2 => &mut self.address_line2,
+            Field::City => &mut self.city,
+            Field::State => &mut self.state,
+            Field::PostalCode => &mut self.postal_code,
+            Field::LocalId => &mut self.local_id,
+            Field::MedicaidId => &mut self.medicaid_id,
+            Field::Ssn => &mut self.ssn,
+            Field::MothersMaidenName => &mut self.mothers_maiden_name,
+            Field::IisId => &mut self.iis_id,
+            Field::BirthDate | Field::Sex | Field::MultipleBirth | Field::MultipleBirthOrder => {
+                return None;
+            }
+        })
+    }
+
+    /// The value of a free-text field, borrowed; `None` when absent or for a typed field.
+    pub fn text(&self, field: Field) -> Option<&str> {
+        match field {
+            Field::Given => self.given.as_deref(),
+            Field::Middle => self.middle.as_deref(),
+            Field::Family => self.family.as_deref(),
+            Field::Suffix => self.suffix.as_deref(),
+            Field::Phone => self.phone.as_deref(),
+            Field::Email => self.email.as_deref(),
+            Field::AddressLine1 => self.address_line1.as_deref(),
+            Field::AddressLine2 => self.address_line2.as_deref(),
+            Field::City => self.city.as_deref(),
+            Field::State => self.state.as_deref(),
+            Field::PostalCode => self.postal_code.as_deref(),
+            Field::LocalId => self.local_id.as_deref(),
+            Field::MedicaidId => self.medicaid_id.as_deref(),
+            Field::Ssn => self.ssn.as_deref(),
+            Field::MothersMaidenName => self.mothers_maiden_name.as_deref(),
+            Field::IisId => self.iis_id.as_deref(),
+            Field::BirthDate | Field::Sex | Field::MultipleBirth | Field::MultipleBirthOrder => {
+                None
+            }
+        }
+    }
+
     /// A short, non-identifying description for logs: which fields are present, never their values.
     pub fn shape(&self) -> String {
         Field::ALL

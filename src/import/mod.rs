@@ -320,27 +320,7 @@ fn parse_yes_no(raw: &str) -> Option<bool> {
 }
 
 fn text_slot(d: &mut Demographics, f: Field) -> Option<&mut Option<String>> {
-    Some(match f {
-        Field::Given => &mut d.given,
-        Field::Middle => &mut d.middle,
-        Field::Family => &mut d.family,
-        Field::Suffix => &mut d.suffix,
-        Field::Phone => &mut d.phone,
-        Field::Email => &mut d.email,
-        Field::AddressLine1 => &mut d.address_line1,
-        Field::AddressLine2 => &mut d.address_line2,
-        Field::City => &mut d.city,
-        Field::State => &mut d.state,
-        Field::PostalCode => &mut d.postal_code,
-        Field::LocalId => &mut d.local_id,
-        Field::MedicaidId => &mut d.medicaid_id,
-        Field::Ssn => &mut d.ssn,
-        Field::MothersMaidenName => &mut d.mothers_maiden_name,
-        Field::IisId => &mut d.iis_id,
-        Field::BirthDate | Field::Sex | Field::MultipleBirth | Field::MultipleBirthOrder => {
-            return None;
-        }
-    })
+    d.text_mut(f)
 }
 
 /// Whether `d` has a value for `field` (like `d.get(field).is_some()`, without allocating).

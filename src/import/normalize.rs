@@ -21,86 +21,11 @@ pub(crate) fn trim(s: &str) -> &str {
     }
 }
 
-/// Fold one non-ASCII character to ASCII, if it is a simple Latin accented letter.
-fn fold(c: char) -> Option<&'static str> {
-    Some(match c {
-        'À'..='Å' | 'à'..='å' | 'Ā'..='ą' => "A",
-        'Æ' | 'æ' => "AE",
-        'Ç' | 'ç' | 'Ć'..='č' => "C",
-        'È'..='Ë' | 'è'..='ë' | 'Ē'..='ě' => "E",
-        'Ì'..='Ï' | 'ì'..='ï' | 'Ĩ'..='ı' => "I",
-        'Ð' | 'ð' | 'Ď'..='đ' => "D",
-        'Ñ' | 'ñ' | 'Ń'..='ŋ' => "N",
-        'Ò'..='Ö' | 'Ø' | 'ò'..='ö' | 'ø' | 'Ō'..='ő' => "O",
-        'Œ' | 'œ' => "OE",
-        'Ù'..='Ü' | 'ù'..='ü' | 'Ũ'..='ų' => "U",
-        'Ý' | 'ý' | 'ÿ' | 'Ŷ' | 'ŷ' | 'Ÿ' => "Y",
-        'Þ' | 'þ' => "TH",
-        'ß' => "SS",
-        'Ĝ'..='ģ' => "G",
-        'Ĥ'..='ħ' => "H",
-        'Ĵ' | 'ĵ' => "J",
-        'Ķ'..='ĸ' => "K",
-        'Ĺ'..='ł' => "L",
-        'Ŕ'..='ř' => "R",
-        'Ś'..='š' => "S",
-        'Ţ'..='ŧ' => "T",
-        'Ŵ' | 'ŵ' => "W",
-        'Ź'..='ž' => "Z",
-        _ => return None,
-    })
-}
-
-/// Uppercase, fold accents, keep letters/digits/hyphens, collapse whitespace. Punctuation is
-/// removed without leaving a space (`O'Brien` → `OBRIEN`, `St. John` → `ST JOHN`).
+/// Uppercase, fold accents, keep letters/digits/hyphens, collapse whitespace. This is the one
+/// definition in [`crate::matching::normalize_name`], so what is stored and submitted is exactly
+/// what the comparators expect.
 pub fn normalize_name(s: &str) -> String {
-    if s.is_ascii() {
-        let mut out = String::with_capacity(s.len());
-        let mut pending_space = false;
-        for b in s.bytes() {
-            if b.is_ascii_alphanumeric() || b == b'-' {
-                if pending_space && !out.is_empty() {
-                    out.push(' ');
-                }
-                pending_space = false;
-                out.push(char::from(b.to_ascii_uppercase()));
-            } else if b.is_ascii_whitespace() {
-                pending_space = true;
-            }
-        }
-        return out;
-    }
-    let mut out = String::with_capacity(s.len());
-    let mut pending_space = false;
-    let push = |out: &mut String, piece: &str, pending: &mut bool| {
-        if *pending && !out.is_empty() {
-            out.push(' ');
-        }
-        *pending = false;
-        out.push_str(piece);
-    };
-    for c in s.chars() {
-        if c.is_ascii() {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                let mut buf = [0u8; 4];
-                push(
-                    &mut out,
-                    c.to_ascii_uppercase().encode_utf8(&mut buf),
-                    &mut pending_space,
-                );
-            } else if c.is_ascii_whitespace() {
-                pending_space = true;
-            }
-        } else if c.is_whitespace() {
-            pending_space = true;
-        } else if let Some(f) = fold(c) {
-            push(&mut out, f, &mut pending_space);
-        } else if c.is_alphanumeric() {
-            let up: String = c.to_uppercase().collect();
-            push(&mut out, &up, &mut pending_space);
-        }
-    }
-    out
+    crate::matching::normalize_name(s)
 }
 
 const STATES: &[(&str, &str)] = &[

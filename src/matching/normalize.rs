@@ -84,6 +84,11 @@ fn normalize_text(s: &str, keep_hash: bool) -> String {
             pending_space = true;
         } else if let Some(f) = fold(ch) {
             push(&mut out, f, &mut pending_space);
+        } else if ch.is_alphanumeric() {
+            // Letters outside the Latin folds (Greek, Cyrillic, CJK, ...) are kept, uppercased:
+            // dropping them would empty a name and make the row look incomplete.
+            let up: String = ch.to_uppercase().collect();
+            push(&mut out, &up, &mut pending_space);
         }
     }
     while out.ends_with('-') || out.ends_with(' ') {
@@ -329,6 +334,8 @@ mod tests {
         assert_eq!(normalize_name("Strauß"), "STRAUSS");
         assert_eq!(normalize_name("Zoë Ærø"), "ZOE AERO");
         assert_eq!(normalize_name("-- ."), "");
+        assert_eq!(normalize_name("Ωmega"), "ΩMEGA");
+        assert_eq!(normalize_name("Иванов"), "ИВАНОВ");
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn encode_into(d: &Demographics, out: &mut String) {
                 }
             }
             other => {
-                if let Some(v) = text_field(d, *other) {
+                if let Some(v) = d.text(*other) {
                     if v.contains(SEP) {
                         out.push_str(&v.replace(SEP, " "));
                     } else {
@@ -114,7 +114,11 @@ pub fn decode(s: &str) -> Result<Demographics, StoreError> {
             Field::Sex => d.sex = Sex::parse(v),
             Field::MultipleBirth => d.multiple_birth = Some(v == "Y"),
             Field::MultipleBirthOrder => d.multiple_birth_order = v.parse().ok(),
-            other => *text_field_mut(&mut d, *other) = Some(v.to_string()),
+            other => {
+                if let Some(slot) = d.text_mut(*other) {
+                    *slot = Some(v.to_string());
+                }
+            }
         }
     }
     if n != Field::ALL.len() {
@@ -124,55 +128,6 @@ pub fn decode(s: &str) -> Result<Demographics, StoreError> {
         )));
     }
     Ok(d)
-}
-
-fn text_field(d: &Demographics, f: Field) -> Option<&str> {
-    match f {
-        Field::Given => d.given.as_deref(),
-        Field::Middle => d.middle.as_deref(),
-        Field::Family => d.family.as_deref(),
-        Field::Suffix => d.suffix.as_deref(),
-        Field::Phone => d.phone.as_deref(),
-        Field::Email => d.email.as_deref(),
-        Field::AddressLine1 => d.address_line1.as_deref(),
-        Field::AddressLine2 => d.address_line2.as_deref(),
-        Field::City => d.city.as_deref(),
-        Field::State => d.state.as_deref(),
-        Field::PostalCode => d.postal_code.as_deref(),
-        Field::LocalId => d.local_id.as_deref(),
-        Field::MedicaidId => d.medicaid_id.as_deref(),
-        Field::Ssn => d.ssn.as_deref(),
-        Field::MothersMaidenName => d.mothers_maiden_name.as_deref(),
-        Field::IisId => d.iis_id.as_deref(),
-        Field::BirthDate | Field::Sex | Field::MultipleBirth | Field::MultipleBirthOrder => None,
-    }
-}
-
-fn text_field_mut(d: &mut Demographics, f: Field) -> &mut Option<String> {
-    match f {
-        Field::Given => &mut d.given,
-        Field::Middle => &mut d.middle,
-        Field::Family => &mut d.family,
-        Field::Suffix => &mut d.suffix,
-        Field::Phone => &mut d.phone,
-        Field::Email => &mut d.email,
-        Field::AddressLine1 => &mut d.address_line1,
-        Field::AddressLine2 => &mut d.address_line2,
-        Field::City => &mut d.city,
-        Field::State => &mut d.state,
-        Field::PostalCode => &mut d.postal_code,
-        Field::LocalId => &mut d.local_id,
-        Field::MedicaidId => &mut d.medicaid_id,
-        Field::Ssn => &mut d.ssn,
-        Field::MothersMaidenName => &mut d.mothers_maiden_name,
-        // Non-text fields are handled by the caller; map them to a field that is always
-        // overwritten last so this stays total without panicking.
-        Field::IisId
-        | Field::BirthDate
-        | Field::Sex
-        | Field::MultipleBirth
-        | Field::MultipleBirthOrder => &mut d.iis_id,
-    }
 }
 
 /// A stable 64-bit FNV-1a hash of the encoded demographics (change detection on re-import).
