@@ -562,14 +562,7 @@ impl Engine {
                         .as_deref()
                         .unwrap_or("the server did not keep the request")
                 );
-                self.store()?
-                    .set_chunk_state(chunk_id, ChunkState::Failed, Some(&why))?;
-                events(JobEvent::ChunkFinished {
-                    job_id,
-                    chunk_id,
-                    state: ChunkState::Failed,
-                    error: Some(why),
-                });
+                self.fail_chunk(job_id, chunk_id, why, events)?;
                 return Ok(created);
             }
             let step = match chunk.state {
@@ -610,19 +603,12 @@ impl Engine {
                         && !matches!(e, NetError::Gone { .. } | NetError::Expired { .. })
                         || attempts >= self.cfg.max_chunk_attempts
                     {
-                        let why = if attempts >= self.cfg.max_chunk_attempts && e.is_retryable() {
+                        let why = if attempts >= self.cfg.max_chunk_attempts {
                             format!("gave up after {attempts} attempts: {message}")
                         } else {
                             message
                         };
-                        self.store()?
-                            .set_chunk_state(chunk_id, ChunkState::Failed, Some(&why))?;
-                        events(JobEvent::ChunkFinished {
-                            job_id,
-                            chunk_id,
-                            state: ChunkState::Failed,
-                            error: Some(why),
-                        });
+                        self.fail_chunk(job_id, chunk_id, why, events)?;
                         return Ok(created);
                     }
                     events(JobEvent::Retrying {
@@ -637,6 +623,26 @@ impl Engine {
                 Err(other) => return Err(other),
             }
         }
+    }
+
+    /// Give a chunk up: record why and tell the caller. Its rows stay without an outcome, so
+    /// the next run submits them again.
+    fn fail_chunk(
+        &self,
+        job_id: i64,
+        chunk_id: i64,
+        why: String,
+        events: &EventSink,
+    ) -> Result<(), EngineError> {
+        self.store()?
+            .set_chunk_state(chunk_id, ChunkState::Failed, Some(&why))?;
+        events(JobEvent::ChunkFinished {
+            job_id,
+            chunk_id,
+            state: ChunkState::Failed,
+            error: Some(why),
+        });
+        Ok(())
     }
 
     fn chunk(&self, job_id: i64, chunk_id: i64) -> Result<ChunkInfo, EngineError> {
