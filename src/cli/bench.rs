@@ -14,7 +14,6 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -361,7 +360,7 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
         .store()?
         .chunk_submitted(chunk.id, &format!("{base}/status/1"))?;
     drop(engine);
-    let body = Arc::new(std::fs::read(&ndjson)?);
+    let body = axum::body::Bytes::from(std::fs::read(&ndjson)?);
     let manifest = serde_json::json!({
         "transactionTime": "2026-01-01T00:00:00Z",
         "request": format!("{base}/Patient/$bulk-match"),
@@ -396,7 +395,7 @@ async fn bench_ingest(dir: &Path, n: usize) -> Result<Measured> {
                         header::CONTENT_TYPE,
                         HeaderValue::from_static("application/fhir+ndjson"),
                     );
-                    (StatusCode::OK, h, b.as_ref().clone()).into_response()
+                    (StatusCode::OK, h, b).into_response()
                 }
             }),
         );

@@ -259,35 +259,21 @@ pub(crate) fn audit(
     details: Option<&str>,
     why: Option<&str>,
 ) -> Result<(), StoreError> {
-    audit_at(
-        tx,
-        &now_text(),
-        actor,
-        action,
-        entity,
-        entity_id,
-        details,
-        why,
-    )
-}
-
-/// [`audit`] with a timestamp the caller already has (batch writes share one).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn audit_at(
-    tx: &Transaction<'_>,
-    at: &str,
-    actor: &str,
-    action: &str,
-    entity: &str,
-    entity_id: Option<&str>,
-    details: Option<&str>,
-    why: Option<&str>,
-) -> Result<(), StoreError> {
     tx.prepare_cached(
         "INSERT INTO audit (at, actor, action, entity, entity_id, details, why)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )
-    .and_then(|mut s| s.execute(params![at, actor, action, entity, entity_id, details, why]))
+    .and_then(|mut s| {
+        s.execute(params![
+            now_text(),
+            actor,
+            action,
+            entity,
+            entity_id,
+            details,
+            why
+        ])
+    })
     .ctx("recording an audit entry")?;
     Ok(())
 }
