@@ -15,6 +15,7 @@
 //! | [`engine`] | jobs: chunking, submit, poll, ingest, triage, resume after restart |
 //! | [`sim`] | the bundled simulated IIS (`$bulk-match` provider with fault injection) |
 
+pub mod app;
 pub mod domain;
 pub mod engine;
 pub mod fhir;
@@ -23,3 +24,4 @@ pub mod matching;
 pub mod net;
 pub mod sim;
 pub mod store;
+pub mod ui;

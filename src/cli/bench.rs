@@ -32,7 +32,7 @@ pub struct BenchArgs {
     /// Folder for generated data and workspaces (reused between runs).
     #[arg(long, default_value = "bench-out")]
     pub dir: PathBuf,
-    /// Which benchmarks: import, ingest, e2e (comma-separated), or all.
+    /// Which benchmarks: import, ingest, e2e, review-frame (comma-separated), or all.
     #[arg(long, default_value = "all")]
     pub only: String,
     /// Bundle counts for the ingest benchmark (memory should plateau as the count grows).
@@ -144,6 +144,19 @@ pub async fn run(a: BenchArgs) -> Result<u8> {
             String::new()
         }
     );
+
+    if want("review-frame") {
+        let rows = 1_000_000 / k;
+        let dir = a.dir.join("review-frame");
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let stats = tokio::task::spawn_blocking(move || matchdesk::ui::bench::run(&dir, rows, 600))
+            .await
+            .context("the review-frame benchmark stopped")?;
+        println!(
+            "review-frame: {} queue rows, {} frames scrolling: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms of frame logic (target: p99 ≤ 8 ms); a filter+search+sort rebuild takes {:.0} ms",
+            stats.rows, stats.frames, stats.p50_ms, stats.p99_ms, stats.max_ms, stats.rebuild_ms
+        );
+    }
 
     if want("import") {
         let n = 1_000_000 / k;

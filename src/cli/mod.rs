@@ -40,8 +40,11 @@ pub const EXIT_INTERRUPTED: u8 = 4;
                   4 interrupted (run the same command again to resume)."
 )]
 struct Cli {
+    /// Without a command, the workbench window opens.
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    gui: GuiArgs,
     /// Log level for diagnostics on stderr (error, warn, info, debug). Logs never contain patient data.
     #[arg(long, global = true, default_value = "warn", env = "MATCHDESK_LOG")]
     log: String,
@@ -79,6 +82,20 @@ impl DbArg {
             None => default_db(),
         }
     }
+}
+
+/// Options of the workbench (no command given).
+#[derive(Args, Debug)]
+struct GuiArgs {
+    /// Workspace file (default: a workspace under your data directory).
+    #[arg(long, env = "MATCHDESK_DB")]
+    db: Option<PathBuf>,
+    /// A FHIR server base URL to add as a server profile, e.g. https://iis.example.gov/fhir.
+    #[arg(long)]
+    server: Option<String>,
+    /// Do not start the built-in demo IIS.
+    #[arg(long)]
+    no_demo: bool,
 }
 
 /// The default workspace: `<data dir>/matchdesk/workspace.matchdesk`.
@@ -237,6 +254,15 @@ struct CancelArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log);
+    if cli.command.is_none() {
+        return match gui(cli.gui) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -281,8 +307,45 @@ fn init_tracing(level: &str) {
         .try_init();
 }
 
+/// Open the workbench window.
+fn gui(a: GuiArgs) -> Result<()> {
+    let db = match a.db {
+        Some(p) => p,
+        None => default_db()?,
+    };
+    let data_dir = db
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut opts = matchdesk::app::StartOptions::new(db, data_dir);
+    opts.server = a.server;
+    opts.demo = !a.no_demo;
+    let native = eframe::NativeOptions {
+        viewport: eframe::egui::ViewportBuilder::default()
+            .with_title("matchdesk")
+            .with_inner_size([1280.0, 820.0])
+            .with_min_inner_size([900.0, 600.0])
+            .with_drag_and_drop(true),
+        persist_window: true,
+        ..Default::default()
+    };
+    eframe::run_native(
+        "matchdesk",
+        native,
+        Box::new(move |cc| {
+            Ok(Box::new(matchdesk::ui::MatchdeskApp::from_creation_context(
+                cc, opts,
+            )))
+        }),
+    )
+    .map_err(|e| anyhow!("the window could not open: {e}. On Linux matchdesk needs a desktop session (X11 or Wayland) with OpenGL."))
+}
+
 async fn run(cli: Cli) -> Result<u8> {
-    match cli.command {
+    let Some(command) = cli.command else {
+        return Ok(0);
+    };
+    match command {
         Command::Sim(a) => sim_cmd(a).await,
         Command::Generate(a) => generate_cmd(a),
         Command::Import(a) => import_cmd(a).await,

@@ -210,6 +210,14 @@ impl Engine {
         })
     }
 
+    /// The same workspace with other settings (a server profile's chunk size, rules, ...).
+    pub fn with_config(&self, cfg: EngineConfig) -> Engine {
+        Engine {
+            store: self.store.clone(),
+            cfg: Arc::new(cfg),
+        }
+    }
+
     pub fn config(&self) -> &EngineConfig {
         &self.cfg
     }
@@ -226,6 +234,27 @@ impl Engine {
         path: &Path,
         mapping: Option<&Mapping>,
         name: Option<&str>,
+    ) -> Result<ImportResult, EngineError> {
+        self.import_with(path, mapping, name, false)
+    }
+
+    /// What importing `path` would do (counts, bad rows and the difference to the cohort's
+    /// current version) without changing the workspace.
+    pub fn import_dry_run(
+        &self,
+        path: &Path,
+        mapping: Option<&Mapping>,
+        name: Option<&str>,
+    ) -> Result<ImportResult, EngineError> {
+        self.import_with(path, mapping, name, true)
+    }
+
+    fn import_with(
+        &self,
+        path: &Path,
+        mapping: Option<&Mapping>,
+        name: Option<&str>,
+        dry_run: bool,
     ) -> Result<ImportResult, EngineError> {
         let name = match name {
             Some(n) => n.to_string(),
@@ -286,6 +315,15 @@ impl Engine {
             bad_rows: summary.bad_rows,
             warnings: summary.warnings,
         };
+        if dry_run {
+            let done = writer.finish_dry_run(&meta, &self.cfg.actor)?;
+            return Ok(ImportResult {
+                cohort_id: done.cohort_id,
+                version_id: done.version_id,
+                summary,
+                diff: done.diff,
+            });
+        }
         let done = writer.finish(&meta, &self.cfg.actor)?;
         info!(
             good = summary.good_rows,

@@ -47,6 +47,13 @@ pub struct CohortInfo {
     /// Rows present in the current version.
     pub active_rows: u64,
     pub created_at: String,
+    /// Bad rows of the current version.
+    pub bad_rows: u64,
+    /// How many times a file was imported into it.
+    pub versions: u64,
+    pub last_imported_at: Option<String>,
+    /// The file the current version came from.
+    pub file_path: Option<String>,
 }
 
 /// Metadata of an import, recorded on the version when the import finishes.
@@ -214,8 +221,11 @@ impl Store {
             .conn
             .prepare_cached(
                 "SELECT c.id, c.name, c.current_version, c.created_at,
-                    (SELECT COUNT(*) FROM rows r WHERE r.cohort_id = c.id AND r.left_version IS NULL)
-                 FROM cohorts c ORDER BY c.id",
+                    (SELECT COUNT(*) FROM rows r WHERE r.cohort_id = c.id AND r.left_version IS NULL),
+                    v.bad_rows, v.imported_at, v.file_path,
+                    (SELECT COUNT(*) FROM cohort_versions x WHERE x.cohort_id = c.id)
+                 FROM cohorts c LEFT JOIN cohort_versions v ON v.id = c.current_version
+                 ORDER BY c.id",
             )
             .ctx("listing cohorts")?;
         let rows = stmt
@@ -226,6 +236,10 @@ impl Store {
                     current_version: r.get(2)?,
                     created_at: r.get(3)?,
                     active_rows: r.get::<_, i64>(4)? as u64,
+                    bad_rows: r.get::<_, Option<i64>>(5)?.unwrap_or(0).max(0) as u64,
+                    last_imported_at: r.get(6)?,
+                    file_path: r.get(7)?,
+                    versions: r.get::<_, i64>(8)?.max(0) as u64,
                 })
             })
             .ctx("listing cohorts")?;
@@ -533,7 +547,23 @@ impl ImportWriter<'_> {
     }
 
     /// Finish the import: mark rows that left, record the version, commit.
-    pub fn finish(mut self, meta: &VersionMeta, actor: &str) -> Result<ImportDone, StoreError> {
+    pub fn finish(self, meta: &VersionMeta, actor: &str) -> Result<ImportDone, StoreError> {
+        self.finish_inner(meta, actor, true)
+    }
+
+    /// Compute everything [`Self::finish`] would (the difference to the previous version
+    /// included), then roll back: the workspace is left exactly as it was. Used to show a
+    /// re-import's difference before it is applied.
+    pub fn finish_dry_run(self, meta: &VersionMeta, actor: &str) -> Result<ImportDone, StoreError> {
+        self.finish_inner(meta, actor, false)
+    }
+
+    fn finish_inner(
+        mut self,
+        meta: &VersionMeta,
+        actor: &str,
+        commit: bool,
+    ) -> Result<ImportDone, StoreError> {
         self.flush_pending()?;
         if self.diff.reimport {
             let left = self
@@ -598,7 +628,11 @@ impl ImportWriter<'_> {
         let cohort_id = self.cohort_id;
         let version_id = self.version_id;
         let diff = self.diff.clone();
-        self.tx.commit().ctx("committing the import")?;
+        if commit {
+            self.tx.commit().ctx("committing the import")?;
+        } else {
+            self.tx.rollback().ctx("discarding a trial import")?;
+        }
         Ok(ImportDone {
             cohort_id,
             version_id,

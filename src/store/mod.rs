@@ -10,8 +10,10 @@
 
 mod codec;
 mod cohorts;
+mod group;
 mod jobs;
 mod report;
+mod review;
 pub mod schema;
 
 use std::path::{Path, PathBuf};
@@ -23,7 +25,9 @@ pub use cohorts::{
     CohortInfo, EncodedRow, ImportDiff, ImportDone, ImportWriter, ProblemRow, VersionMeta,
 };
 pub use jobs::{ChunkFile, ChunkInfo, ChunkPatient, JobInfo, RowResult};
-pub use report::{JobSummary, OutcomeCounts, Report, ResultRow};
+pub use group::{ChangeKind, ChangeState, GroupChange, GroupInfo, Member};
+pub use report::{JobProgress, JobSummary, OutcomeCounts, Report, ResultRow};
+pub use review::{BulkAcceptPreview, DecisionInfo, DecisionKind, QueueRow, RowDetail};
 
 /// Everything that can go wrong in the store, with what it was doing.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +53,9 @@ pub enum StoreError {
     TooNew { found: u32, known: u32 },
     #[error("{0}")]
     NotFound(String),
+    /// The action is not allowed in the current state; the text says why and what to do.
+    #[error("{0}")]
+    Refused(String),
     #[error("could not write {path}: {source}")]
     Export {
         path: PathBuf,
@@ -181,6 +188,49 @@ impl Store {
             .ctx("reading the audit log")
     }
 
+    /// Audit entries matching `filter`, newest first.
+    pub fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
+        let like = |s: &str| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT id, at, actor, action, entity, entity_id, details, why FROM audit
+                 WHERE (?1 IS NULL OR actor LIKE ?1 ESCAPE '\\')
+                   AND (?2 IS NULL OR action LIKE ?2 ESCAPE '\\')
+                   AND (?3 IS NULL OR (details LIKE ?3 ESCAPE '\\' OR why LIKE ?3 ESCAPE '\\'
+                        OR entity_id LIKE ?3 ESCAPE '\\' OR entity LIKE ?3 ESCAPE '\\'))
+                   AND (?4 IS NULL OR at >= ?4)
+                 ORDER BY id DESC LIMIT ?5",
+            )
+            .ctx("searching the audit log")?;
+        let nonempty = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(like);
+        let rows = stmt
+            .query_map(
+                params![
+                    nonempty(&filter.actor),
+                    nonempty(&filter.action),
+                    nonempty(&filter.text),
+                    filter.since.as_deref().filter(|s| !s.is_empty()),
+                    filter.limit.max(1) as i64
+                ],
+                |r| {
+                    Ok(AuditEntry {
+                        id: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        entity: r.get(4)?,
+                        entity_id: r.get(5)?,
+                        details: r.get(6)?,
+                        why: r.get(7)?,
+                    })
+                },
+            )
+            .ctx("searching the audit log")?;
+        rows.collect::<rusqlite::Result<Vec<_>>>()
+            .ctx("searching the audit log")
+    }
+
     /// The `Accept` fallback mode that worked last time for this server (0 = spec default).
     pub fn server_accept_mode(&self, base_url: &str) -> Result<u8, StoreError> {
         let mode: Option<i64> = self
@@ -234,6 +284,19 @@ impl Store {
         )?;
         tx.commit().ctx("saving the server profile")
     }
+}
+
+/// What to show of the audit log. Text filters match anywhere (case-insensitive for ASCII).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    /// Matched against the entity, its id, the details and the reason.
+    pub text: Option<String>,
+    /// RFC 3339 lower bound on the time.
+    pub since: Option<String>,
+    pub limit: usize,
 }
 
 /// One audit log entry.

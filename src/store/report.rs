@@ -94,7 +94,59 @@ fn count_outcomes(
     Ok((counts, reasons))
 }
 
+/// How far a job has come.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct JobProgress {
+    pub total_rows: u64,
+    /// Rows whose current outcome came from this job.
+    pub done_rows: u64,
+    pub outcomes: OutcomeCounts,
+    /// Rows per best-score bin of width 0.05 (20 bins).
+    pub histogram: Vec<u64>,
+}
+
 impl Store {
+    /// Progress, outcome counts and the best-score histogram of one job.
+    pub fn job_progress(&self, job_id: i64) -> Result<JobProgress, StoreError> {
+        let total: i64 = self
+            .conn
+            .query_row(
+                "SELECT COALESCE(SUM(row_count), 0) FROM chunks WHERE job_id = ?1",
+                [job_id],
+                |r| r.get(0),
+            )
+            .ctx("reading job progress")?;
+        let (outcomes, _) = count_outcomes(
+            self,
+            "SELECT outcome, NULL, COUNT(*) FROM triage WHERE job_id = ?1 GROUP BY outcome",
+            Some(job_id),
+        )?;
+        let mut histogram = vec![0u64; 20];
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT MIN(19, MAX(0, CAST(best_score * 20 AS INTEGER))), COUNT(*) FROM triage
+                 WHERE job_id = ?1 AND best_score IS NOT NULL GROUP BY 1",
+            )
+            .ctx("reading the score histogram")?;
+        let rows = stmt
+            .query_map([job_id], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)))
+            .ctx("reading the score histogram")?;
+        for row in rows {
+            let (bin, n) = row.ctx("reading the score histogram")?;
+            if let Some(slot) = histogram.get_mut(bin.clamp(0, 19) as usize) {
+                *slot = n.max(0) as u64;
+            }
+        }
+        let done = outcomes.auto_match + outcomes.review + outcomes.no_match + outcomes.error;
+        Ok(JobProgress {
+            total_rows: total.max(0) as u64,
+            done_rows: done,
+            outcomes,
+            histogram,
+        })
+    }
+
     /// Counts per outcome and per job.
     pub fn report(&self) -> Result<Report, StoreError> {
         let q = |sql: &str| -> Result<u64, StoreError> {

@@ -14,7 +14,7 @@ pub const LATEST: u32 = MIGRATIONS.len() as u32;
 
 type Migration = fn(&Transaction<'_>) -> rusqlite::Result<()>;
 
-const MIGRATIONS: [Migration; 1] = [v1];
+const MIGRATIONS: [Migration; 2] = [v1, v2];
 
 fn v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
     tx.execute_batch(
@@ -171,6 +171,77 @@ fn v1(tx: &Transaction<'_>) -> rusqlite::Result<()> {
             BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
         CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
             BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+        "#,
+    )
+}
+
+/// Review decisions, the local Group with its pending changes, and server profiles.
+fn v2(tx: &Transaction<'_>) -> rusqlite::Result<()> {
+    tx.execute_batch(
+        r#"
+        -- Every review decision ever made; undo marks one undone instead of deleting it.
+        CREATE TABLE decisions (
+            id            INTEGER PRIMARY KEY,
+            row_id        INTEGER NOT NULL REFERENCES rows(id),
+            kind          TEXT NOT NULL,      -- accept | no_match | skip
+            iis_id        TEXT,               -- the accepted candidate
+            rank          INTEGER,
+            note          TEXT,
+            actor         TEXT NOT NULL,
+            at            TEXT NOT NULL,
+            undone_at     TEXT,
+            undone_by     TEXT
+        );
+        CREATE INDEX decisions_row ON decisions(row_id, id);
+        CREATE INDEX decisions_actor ON decisions(actor, id);
+        -- The current (latest not undone) decision of each reviewed row.
+        CREATE TABLE reviews (
+            row_id        INTEGER PRIMARY KEY REFERENCES rows(id),
+            decision_id   INTEGER NOT NULL REFERENCES decisions(id),
+            kind          TEXT NOT NULL,
+            iis_id        TEXT
+        );
+        -- One local Group per cohort.
+        CREATE TABLE groups (
+            id            INTEGER PRIMARY KEY,
+            cohort_id     INTEGER NOT NULL UNIQUE REFERENCES cohorts(id),
+            name          TEXT NOT NULL,
+            iis_group_id  TEXT,
+            created_at    TEXT NOT NULL
+        );
+        CREATE TABLE group_changes (
+            id            INTEGER PRIMARY KEY,
+            group_id      INTEGER NOT NULL REFERENCES groups(id),
+            kind          TEXT NOT NULL,      -- add | remove
+            iis_id        TEXT NOT NULL,
+            row_id        INTEGER REFERENCES rows(id),
+            source        TEXT NOT NULL,      -- auto_match | review | left_cohort | manual
+            decision_id   INTEGER REFERENCES decisions(id),
+            proposed_by   TEXT NOT NULL,
+            proposed_at   TEXT NOT NULL,
+            state         TEXT NOT NULL,      -- pending | approved | rejected | withdrawn
+            decided_by    TEXT,
+            decided_at    TEXT,
+            reason        TEXT
+        );
+        CREATE INDEX group_changes_state ON group_changes(group_id, state);
+        CREATE INDEX group_changes_iis ON group_changes(group_id, iis_id);
+        CREATE TABLE group_members (
+            group_id      INTEGER NOT NULL REFERENCES groups(id),
+            iis_id        TEXT NOT NULL,
+            row_id        INTEGER REFERENCES rows(id),
+            since         TEXT NOT NULL,
+            added_by      TEXT NOT NULL,
+            change_id     INTEGER NOT NULL REFERENCES group_changes(id),
+            PRIMARY KEY (group_id, iis_id)
+        ) WITHOUT ROWID;
+        CREATE INDEX triage_job ON triage(job_id, outcome);
+        -- Server profiles, as JSON owned by the engine (never secrets: key files stay paths).
+        CREATE TABLE profiles (
+            name          TEXT PRIMARY KEY,
+            json          TEXT NOT NULL,
+            updated_at    TEXT NOT NULL
+        );
         "#,
     )
 }

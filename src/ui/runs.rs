@@ -1,0 +1,290 @@
+//! Match runs: choose cohort, server and options; start; watch a progress bar per run and per
+//! chunk with the server's `X-Progress` text, elapsed time and an ETA; cancel. Runs interrupted
+//! by a restart are resumed by the backend and marked as such. Each run has a summary with
+//! counts per outcome and a histogram of best scores.
+
+use egui_plot::{Bar, BarChart, Plot};
+
+use super::{MatchdeskApp, Screen, labelled, tokens};
+use crate::app::{Command, RunView};
+use crate::domain::{ChunkState, JobState};
+
+#[derive(Default)]
+pub struct RunsView {
+    /// Per-run options on the form (defaults from the chosen profile).
+    only_single: bool,
+    only_certain: bool,
+    count: u32,
+    initialized_from: Option<String>,
+    confirm_cancel: Option<i64>,
+}
+
+fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    if s >= 3600 {
+        format!("{}h {:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m {:02}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
+    start_form(app, ui);
+    ui.add_space(8.0);
+    ui.separator();
+    let runs = app.snap.runs.clone();
+    if runs.is_empty() {
+        ui.label("No runs yet. Choose a cohort and a server above and press Start.");
+        return;
+    }
+    if runs.iter().any(|r| r.active) {
+        // Elapsed time and ETA move even between backend updates.
+        ui.ctx().request_repaint_after(std::time::Duration::from_millis(500));
+    }
+    egui::ScrollArea::vertical().id_salt("runs").show(ui, |ui| {
+        for r in runs.iter() {
+            run_ui(app, ui, r);
+            ui.add_space(6.0);
+        }
+    });
+    if let Some(job_id) = app.runs.confirm_cancel {
+        let mut close = false;
+        egui::Modal::new(egui::Id::unique("confirm_cancel")).show(ui.ctx(), |ui| {
+            ui.heading(format!("Cancel run {job_id}?"));
+            ui.label("The server is asked to stop and delete its copy of the request. Rows that already have results keep them; the others can be matched in a new run.");
+            ui.horizontal(|ui| {
+                if ui.button("Yes, cancel the run").clicked() {
+                    app.send(Command::CancelRun { job_id });
+                    close = true;
+                }
+                if ui.button("Keep running").clicked() {
+                    close = true;
+                }
+            });
+        });
+        if close {
+            app.runs.confirm_cancel = None;
+        }
+    }
+}
+
+fn start_form(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
+    let t = tokens::of(ui);
+    let cohorts = app.snap.cohorts.clone();
+    let profiles = app.snap.profiles.clone();
+    if cohorts.is_empty() {
+        ui.label("Import a cohort first (Cohorts screen).");
+        if ui.button("Go to Cohorts").clicked() {
+            app.persisted.screen = Screen::Cohorts;
+        }
+        return;
+    }
+    if profiles.is_empty() {
+        ui.colored_label(t.warning, "⚠ No server is set up. Add a server profile on the Settings screen.");
+        if ui.button("Go to Settings").clicked() {
+            app.persisted.screen = Screen::Settings;
+        }
+        return;
+    }
+    // Options start from the profile's defaults whenever another profile is chosen.
+    if app.runs.initialized_from != app.persisted.profile
+        && let Some(p) = profiles.iter().find(|p| Some(&p.name) == app.persisted.profile.as_ref())
+    {
+        app.runs.only_single = p.options.only_single_match;
+        app.runs.only_certain = p.options.only_certain_matches;
+        app.runs.count = p.options.count.unwrap_or(0);
+        app.runs.initialized_from = Some(p.name.clone());
+    }
+    let mut select_cohort = None;
+    egui::Grid::new("start_form").num_columns(2).spacing([12.0, 6.0]).show(ui, |ui| {
+        ui.label("Cohort");
+        let current = app
+            .persisted
+            .cohort_id
+            .and_then(|id| cohorts.iter().find(|c| c.id == id));
+        egui::ComboBox::from_id_salt("run_cohort")
+            .selected_text(current.map(|c| c.name.as_str()).unwrap_or("choose…"))
+            .show_ui(ui, |ui| {
+                for c in cohorts.iter() {
+                    if ui
+                        .selectable_label(Some(c.id) == app.persisted.cohort_id, format!("{} ({} rows)", c.name, c.active_rows))
+                        .clicked()
+                    {
+                        select_cohort = Some(c.id);
+                    }
+                }
+            });
+        ui.end_row();
+        ui.label("Server");
+        egui::ComboBox::from_id_salt("run_server")
+            .selected_text(app.persisted.profile.clone().unwrap_or_else(|| "choose…".into()))
+            .show_ui(ui, |ui| {
+                for p in profiles.iter() {
+                    ui.selectable_value(&mut app.persisted.profile, Some(p.name.clone()), format!("{} — {}", p.name, p.base_url));
+                }
+            });
+        ui.end_row();
+        ui.label("Options");
+        ui.horizontal(|ui| {
+            ui.checkbox(&mut app.runs.only_single, "Only single matches")
+                .on_hover_text("onlySingleMatch: the IIS returns a candidate only when exactly one is clear");
+            ui.checkbox(&mut app.runs.only_certain, "Only certain matches")
+                .on_hover_text("onlyCertainMatches: the IIS returns only candidates it grades certain");
+            labelled(ui, "Candidates per patient (0 = server default)", |ui| {
+                ui.add(egui::DragValue::new(&mut app.runs.count).range(0..=50))
+            });
+        });
+        ui.end_row();
+    });
+    if let Some(id) = select_cohort {
+        app.select_cohort(id);
+    }
+    let running_here = app
+        .persisted
+        .cohort_id
+        .is_some_and(|id| app.snap.runs.iter().any(|r| r.active && r.job.cohort_id == id));
+    ui.horizontal(|ui| {
+        let can = app.persisted.cohort_id.is_some() && app.persisted.profile.is_some() && !running_here;
+        if ui
+            .add_enabled(can, egui::Button::new("▶ Start matching"))
+            .on_disabled_hover_text("This cohort is being matched now")
+            .clicked()
+            && let (Some(cohort_id), Some(profile)) = (app.persisted.cohort_id, app.persisted.profile.clone())
+        {
+            // Per-run options override the profile's defaults.
+            let mut p = profiles.iter().find(|p| p.name == profile).cloned().unwrap_or_default();
+            p.options.only_single_match = app.runs.only_single;
+            p.options.only_certain_matches = app.runs.only_certain;
+            p.options.count = (app.runs.count > 0).then_some(app.runs.count);
+            app.send(Command::SaveProfile(Box::new(p)));
+            app.send(Command::StartRun { cohort_id, profile });
+        }
+        ui.colored_label(t.muted, "Rows that already have a result are not sent again; an interrupted run continues where it stopped.");
+    });
+}
+
+fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
+    let t = tokens::of(ui);
+    egui::Frame::group(ui.style()).show(ui, |ui| {
+        ui.set_width(ui.available_width());
+        ui.horizontal(|ui| {
+            ui.strong(format!("Run {} — {}", r.job.id, r.cohort));
+            ui.colored_label(t.muted, &r.job.server_url);
+            let (sym, color, word) = match r.job.state {
+                JobState::Running if r.active => ("●", t.accent, "running"),
+                JobState::Running => ("⏸", t.warning, "interrupted — will resume"),
+                JobState::Completed => ("✔", t.ok, "finished"),
+                JobState::CompletedWithErrors => ("⚠", t.warning, "finished with failures"),
+                JobState::Failed => ("✖", t.error, "failed"),
+                JobState::Cancelled => ("■", t.muted, "cancelled"),
+            };
+            ui.colored_label(color, format!("{sym} {word}"));
+            if r.resumed {
+                ui.colored_label(t.accent, "↻ resumed after a restart");
+            }
+            if r.job.state == JobState::Running
+                && ui.button("Cancel run").clicked()
+            {
+                app.runs.confirm_cancel = Some(r.job.id);
+            }
+        });
+        let total = r.total_rows.max(1);
+        let frac = r.done_rows as f32 / total as f32;
+        let mut text = format!("{} of {} rows", r.done_rows, r.total_rows);
+        if let Some(secs) = r.active_secs {
+            text.push_str(&format!(" · elapsed {}", fmt_secs(secs)));
+            let done_here = r.done_rows.saturating_sub(r.done_at_start);
+            if done_here > 0 && r.done_rows < r.total_rows {
+                let rate = done_here as f64 / secs.max(0.001);
+                let left = (r.total_rows - r.done_rows) as f64 / rate;
+                text.push_str(&format!(" · about {} left", fmt_secs(left)));
+            } else if r.done_rows < r.total_rows {
+                text.push_str(" · waiting for the server");
+            }
+        }
+        ui.add(egui::ProgressBar::new(frac).text(text));
+        if let Some(e) = &r.job.last_error {
+            ui.colored_label(t.error, format!("✖ {e}"));
+        }
+        for n in r.notes.iter().rev().take(3) {
+            ui.colored_label(t.warning, format!("⚠ {n}"));
+        }
+        let done = r.chunks.iter().filter(|c| c.state.is_terminal()).count();
+        egui::CollapsingHeader::new(format!("Chunks ({done} of {} done)", r.chunks.len()))
+            .id_salt(("chunks", r.job.id))
+            .default_open(r.active && r.chunks.len() <= 12)
+            .show(ui, |ui| {
+                egui::Grid::new(("chunk_grid", r.job.id)).striped(true).show(ui, |ui| {
+                    ui.strong("Chunk");
+                    ui.strong("Rows");
+                    ui.strong("State");
+                    ui.strong("Server progress / problem");
+                    ui.end_row();
+                    for c in r.chunks.iter().take(200) {
+                        ui.label(c.id.to_string());
+                        ui.label(c.row_count.to_string());
+                        let (color, word) = match c.state {
+                            ChunkState::Pending => (t.muted, "waiting"),
+                            ChunkState::Submitted => (t.accent, "server working"),
+                            ChunkState::Downloading => (t.accent, "downloading"),
+                            ChunkState::Ingested => (t.ok, "results saved"),
+                            ChunkState::Done => (t.ok, "✔ done"),
+                            ChunkState::Failed => (t.error, "✖ failed"),
+                            ChunkState::Cancelled => (t.muted, "cancelled"),
+                        };
+                        ui.colored_label(color, word);
+                        let live = r.progress.iter().find(|(id, _)| *id == c.id).map(|(_, s)| s.as_str());
+                        match (&c.last_error, live.or(c.progress.as_deref())) {
+                            (Some(e), _) if c.state == ChunkState::Failed => {
+                                ui.colored_label(t.error, e);
+                            }
+                            (_, Some(p)) => {
+                                ui.label(p);
+                            }
+                            _ => {
+                                ui.label("");
+                            }
+                        }
+                        ui.end_row();
+                    }
+                });
+                if r.chunks.len() > 200 {
+                    ui.label(format!("… and {} more chunks", r.chunks.len() - 200));
+                }
+            });
+        if r.done_rows > 0 {
+            summary_ui(ui, r);
+        }
+    });
+}
+
+fn summary_ui(ui: &mut egui::Ui, r: &RunView) {
+    let t = tokens::of(ui);
+    ui.horizontal(|ui| {
+        ui.colored_label(t.ok, format!("✔ matched: {}", r.outcomes.auto_match));
+        ui.colored_label(t.near, format!("? to review: {}", r.outcomes.review));
+        ui.colored_label(t.muted, format!("○ no match: {}", r.outcomes.no_match));
+        ui.colored_label(t.error, format!("✖ errors: {}", r.outcomes.error));
+    });
+    if r.histogram.iter().any(|&n| n > 0) {
+        let bars: Vec<Bar> = r
+            .histogram
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| Bar::new(i as f64 * 0.05 + 0.025, n as f64).width(0.045))
+            .collect();
+        let chart = BarChart::new("Best score", bars).color(t.accent);
+        Plot::new(("hist", r.job.id))
+            .height(120.0)
+            .allow_zoom(false)
+            .allow_drag(false)
+            .allow_scroll(false)
+            .x_axis_label("best candidate score")
+            .y_axis_label("rows")
+            .include_x(0.0)
+            .include_x(1.0)
+            .show(ui, |p| p.bar_chart(chart));
+    }
+}
