@@ -33,9 +33,7 @@ fn harness(dir: &Path) -> Harness<'static, MatchdeskApp> {
     let opts = options(dir);
     Harness::builder()
         .with_size([1400.0, 900.0])
-        .build_eframe(move |_cc| {
-            MatchdeskApp::new(opts, Persisted::default(), Arc::new(|| {}))
-        })
+        .build_eframe(move |_cc| MatchdeskApp::new(opts, Persisted::default(), Arc::new(|| {})))
 }
 
 /// Step frames until `cond` holds (the backend answers asynchronously).
@@ -69,7 +67,9 @@ fn nav(h: &mut Harness<'static, MatchdeskApp>, label: &str) {
         .query_all_by_label_contains(label)
         .find(|n| {
             n.accesskit_node().role() != egui::accesskit::Role::Label
-                && n.accesskit_node().label().is_some_and(|l| l.starts_with(label))
+                && n.accesskit_node()
+                    .label()
+                    .is_some_and(|l| l.starts_with(label))
         })
         .unwrap_or_else(|| panic!("no button {label:?}"));
     node.click();
@@ -126,10 +126,24 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     nav(&mut h, "Match runs");
     h.get_by_label("▶ Start matching").click();
     wait(&mut h, "the run to finish", |a| {
-        a.snap.runs.first().is_some_and(|r| {
-            !r.active && r.job.state == matchdesk::domain::JobState::Completed
-        })
+        a.snap
+            .runs
+            .first()
+            .is_some_and(|r| !r.active && r.job.state != matchdesk::domain::JobState::Running)
     });
+    let run = h.state().snap.runs[0].clone();
+    // The demo IIS garbles a few result lines on purpose: those rows are errors, the rest done.
+    assert!(
+        matches!(
+            run.job.state,
+            matchdesk::domain::JobState::Completed
+                | matchdesk::domain::JobState::CompletedWithErrors
+        ),
+        "{:?} {:?}",
+        run.job.last_error,
+        run.chunks
+    );
+    assert_eq!(run.done_rows, 240);
     wait(&mut h, "the queue", |a| {
         a.review.queue.as_ref().is_some_and(|q| q.rows.len() == 240)
     });
@@ -143,7 +157,10 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
         Outcome::NoMatch,
         Outcome::Error,
     ] {
-        assert!(q.rows.iter().any(|r| r.outcome == o), "no {o:?} in the sample run");
+        assert!(
+            q.rows.iter().any(|r| r.outcome == o),
+            "no {o:?} in the sample run"
+        );
     }
     snapshot(&mut h, "04_runs");
 
@@ -172,7 +189,9 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
             .and_then(|q| q.rows.iter().find(|r| r.row_id == row_id))
             .is_some_and(|r| r.decision == want)
     };
-    wait(&mut h, "the accept to be saved", |a| decided(a, Some(DecisionKind::Accept)));
+    wait(&mut h, "the accept to be saved", |a| {
+        decided(a, Some(DecisionKind::Accept))
+    });
     // The accepted row left the "to do" tab; the selection moved on.
     assert_ne!(h.state().review.selected_row_id(), Some(row_id));
 
@@ -180,15 +199,22 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     h.key_press(egui::Key::U);
     wait(&mut h, "the undo", |a| decided(a, None));
     assert_eq!(h.state().review.selected_row_id(), Some(row_id));
-    wait(&mut h, "the detail again", |a| a.review.selected_row_id() == Some(row_id));
+    wait(&mut h, "the detail again", |a| {
+        a.review.selected_row_id() == Some(row_id)
+    });
     let start = Instant::now();
     while h.query_by_label_contains("Accept 2").is_none() {
         h.step();
         std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no detail after undo");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no detail after undo"
+        );
     }
     h.key_press(egui::Key::Num2);
-    wait(&mut h, "the second accept", |a| decided(a, Some(DecisionKind::Accept)));
+    wait(&mut h, "the second accept", |a| {
+        decided(a, Some(DecisionKind::Accept))
+    });
 
     let db = dir.path().join("ws.matchdesk");
     let accepted_iis = {
@@ -207,14 +233,19 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     h.get_by_label("Coordinator").click();
     h.step();
     h.get_by_label("Save name and role").click();
-    wait(&mut h, "the role", |a| a.snap.reviewer.role == Role::Coordinator);
+    wait(&mut h, "the role", |a| {
+        a.snap.reviewer.role == Role::Coordinator
+    });
     snapshot(&mut h, "07_settings");
     nav(&mut h, "Group");
     let start = Instant::now();
     while h.query_by_label_contains("Approve all (").is_none() {
         h.step();
         std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no pending changes");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no pending changes"
+        );
     }
     nav(&mut h, "Approve all (");
     wait(&mut h, "the member", |a| {
@@ -258,22 +289,31 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     while h.query_by_label("Check file").is_none() {
         h.step();
         std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no preview of v2");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no preview of v2"
+        );
     }
     h.get_by_label("Check file").click();
     let start = Instant::now();
-    while h.query_by_label_contains("Rows no longer in the file: 1").is_none() {
+    while h
+        .query_by_label_contains("Rows no longer in the file: 1")
+        .is_none()
+    {
         h.step();
         std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no re-import difference");
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no re-import difference"
+        );
     }
     snapshot(&mut h, "10_reimport_difference");
     h.get_by_label("Apply re-import").click();
     wait(&mut h, "the proposed removal", |a| {
         a.snap.group.as_ref().is_some_and(|g| {
-            g.pending.iter().any(|c| {
-                c.iis_id == accepted_iis && c.kind == matchdesk::store::ChangeKind::Remove
-            })
+            g.pending
+                .iter()
+                .any(|c| c.iis_id == accepted_iis && c.kind == matchdesk::store::ChangeKind::Remove)
         })
     });
     nav(&mut h, "Group");
@@ -293,7 +333,11 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     let cohort = store.cohorts().unwrap()[0].clone();
     assert_eq!(cohort.id, cohort_id);
     let audit = store.audit_entries(10_000).unwrap();
-    assert!(audit.iter().any(|e| e.action == "group_remove_approved" && e.actor == "rita"));
+    assert!(
+        audit
+            .iter()
+            .any(|e| e.action == "group_remove_approved" && e.actor == "rita")
+    );
 }
 
 #[test]
@@ -326,7 +370,9 @@ fn restart_resumes_an_interrupted_run_and_says_so() {
     wait(&mut h, "import", |a| !a.snap.cohorts.is_empty());
     nav(&mut h, "Match runs");
     h.get_by_label("▶ Start matching").click();
-    wait(&mut h, "the run to start", |a| a.snap.runs.iter().any(|r| r.active));
+    wait(&mut h, "the run to start", |a| {
+        a.snap.runs.iter().any(|r| r.active)
+    });
     // Close the app mid-run (the backend interrupts, leaving the job resumable).
     drop(h);
 
@@ -338,9 +384,10 @@ fn restart_resumes_an_interrupted_run_and_says_so() {
         .with_size([1400.0, 900.0])
         .build_eframe(move |_cc| MatchdeskApp::new(opts, Persisted::default(), Arc::new(|| {})));
     wait(&mut h, "the resumed run to finish", |a| {
-        a.snap.runs.iter().any(|r| {
-            r.resumed && !r.active && r.job.state == matchdesk::domain::JobState::Completed
-        })
+        a.snap
+            .runs
+            .iter()
+            .any(|r| r.resumed && !r.active && r.job.state != matchdesk::domain::JobState::Running)
     });
     nav(&mut h, "Match runs");
     h.get_by_label_contains("resumed after a restart");

@@ -18,7 +18,7 @@ use super::{
     Command, DetailView, GroupView, ImportCheck, Place, ProfileAuth, Reviewer, Role, RunView,
     ServerProfile, Update, demo,
 };
-use crate::domain::{ChunkState, JobState};
+use crate::domain::JobState;
 use crate::engine::{Engine, EngineConfig, EngineError, EventSink, JobEvent};
 use crate::net::{CancelFlag, PollConfig, RetryConfig, StaticToken, TokenSource};
 use crate::sim::faults::Faults;
@@ -447,7 +447,9 @@ impl Ctx {
                     histogram: p.histogram,
                     resumed: l.is_some_and(|l| l.resumed),
                     active: l.is_some_and(|l| l.active),
-                    active_secs: l.filter(|l| l.active).map(|l| l.started.elapsed().as_secs_f64()),
+                    active_secs: l
+                        .filter(|l| l.active)
+                        .map(|l| l.started.elapsed().as_secs_f64()),
                     done_at_start: l.map(|l| l.done_at_start).unwrap_or(0),
                     progress: l.map(|l| l.progress.clone()).unwrap_or_default(),
                     notes: l.map(|l| l.notes.clone()).unwrap_or_default(),
@@ -599,7 +601,7 @@ impl Ctx {
                             JobState::CompletedWithErrors => out.error(
                                 Place::Runs,
                                 format!(
-                                    "Run {id} finished, but some parts failed. Their rows have no result yet; start the run again to retry them."
+                                    "Run {id} finished with problems. Rows whose answer could not be used are under Error in the Review queue (correct and resubmit them there); parts of the run that failed are marked below, and starting the run again retries them."
                                 ),
                             ),
                             JobState::Failed => out.error(
@@ -612,7 +614,10 @@ impl Ctx {
                         }
                     }
                 }
-                Err(e) => out.error(Place::Runs, format!("The match run stopped: {}", user_text(&e))),
+                Err(e) => out.error(
+                    Place::Runs,
+                    format!("The match run stopped: {}", user_text(&e)),
+                ),
             }
             let actor = engine.config().actor.clone();
             let proposed = blocking(&engine, move |e| {
@@ -723,7 +728,11 @@ impl Ctx {
     }
 
     async fn send_audit(&self, filter: crate::store::AuditFilter) {
-        match blocking(&self.engine, move |e| Ok(e.store()?.audit_search(&filter)?)).await {
+        match blocking(&self.engine, move |e| {
+            Ok(e.store()?.audit_search(&filter)?)
+        })
+        .await
+        {
             Ok(a) => self.out.send(Update::Audit(Arc::new(a))),
             Err(e) => self.out.error(Place::Audit, user_text(&e)),
         }
@@ -790,15 +799,17 @@ impl Ctx {
                 })
                 .await;
                 match res {
-                    Ok((r, reimport)) => self.out.send(Update::ImportChecked(Arc::new(ImportCheck {
-                        path,
-                        name,
-                        good_rows: r.summary.good_rows,
-                        bad_rows: r.summary.bad_rows,
-                        warnings: r.summary.warnings,
-                        diff: r.diff,
-                        reimport,
-                    }))),
+                    Ok((r, reimport)) => {
+                        self.out.send(Update::ImportChecked(Arc::new(ImportCheck {
+                            path,
+                            name,
+                            good_rows: r.summary.good_rows,
+                            bad_rows: r.summary.bad_rows,
+                            warnings: r.summary.warnings,
+                            diff: r.diff,
+                            reimport,
+                        })))
+                    }
                     Err(e) => self.out.error(Place::Cohorts, user_text(&e)),
                 }
             }
@@ -816,7 +827,8 @@ impl Ctx {
                     let exists = e.store()?.cohort_by_name(&n)?.is_some();
                     let r = e.import(&p, Some(&mapping), Some(&n))?;
                     // A re-import may make Group members leave.
-                    e.store()?.propose_group_changes(r.cohort_id, &e.config().actor)?;
+                    e.store()?
+                        .propose_group_changes(r.cohort_id, &e.config().actor)?;
                     Ok((r, exists))
                 })
                 .await;
@@ -861,7 +873,9 @@ impl Ctx {
                         .into_iter()
                         .find(|c| c.id == cohort_id)
                         .and_then(|c| c.current_version)
-                        .ok_or_else(|| EngineError::Invalid("the cohort has no import yet".into()))?;
+                        .ok_or_else(|| {
+                            EngineError::Invalid("the cohort has no import yet".into())
+                        })?;
                     let problems = store.import_problems(version)?;
                     write_csv(
                         &p,
@@ -931,7 +945,9 @@ impl Ctx {
                 {
                     Ok(()) => self.out.notice(
                         Place::Runs,
-                        format!("Run {job_id} was cancelled. Rows that already have results keep them."),
+                        format!(
+                            "Run {job_id} was cancelled. Rows that already have results keep them."
+                        ),
                     ),
                     Err(e) => self.out.error(Place::Runs, user_text(&e)),
                 }
@@ -1007,10 +1023,9 @@ impl Ctx {
                     Ok((None, _)) => self
                         .out
                         .notice(Place::Review, "There is nothing of yours left to undo."),
-                    Err(e) => self.out.error(
-                        Place::Review,
-                        format!("Could not undo: {}", user_text(&e)),
-                    ),
+                    Err(e) => self
+                        .out
+                        .error(Place::Review, format!("Could not undo: {}", user_text(&e))),
                 }
             }
             Command::BulkPreview {
@@ -1067,8 +1082,7 @@ impl Ctx {
                             "Saved the corrected record; it is being matched again.",
                         );
                         self.send_queue(cohort_id).await;
-                        if let Some(p) = self.profiles.iter().find(|p| p.name == profile).cloned()
-                        {
+                        if let Some(p) = self.profiles.iter().find(|p| p.name == profile).cloned() {
                             if !self.tasks.contains_key(&cohort_id) {
                                 self.spawn_run(cohort_id, &p);
                             }
@@ -1093,8 +1107,7 @@ impl Ctx {
                 }
                 let a = actor.clone();
                 match blocking(&self.engine, move |e| {
-                    Ok(e
-                        .store()?
+                    Ok(e.store()?
                         .decide_group_changes(&ids, approve, reason.as_deref(), &a)?)
                 })
                 .await
@@ -1146,7 +1159,10 @@ impl Ctx {
                     let g = store.group_for_cohort(cohort_id)?;
                     Ok(store.set_iis_group_id(
                         g.id,
-                        iis_group_id.as_deref().map(str::trim).filter(|s| !s.is_empty()),
+                        iis_group_id
+                            .as_deref()
+                            .map(str::trim)
+                            .filter(|s| !s.is_empty()),
                         &a,
                     )?)
                 })
@@ -1196,7 +1212,16 @@ impl Ctx {
                     let entries = e.store()?.audit_search(&filter)?;
                     write_csv(
                         &p,
-                        &["id", "at", "actor", "action", "entity", "entity_id", "details", "why"],
+                        &[
+                            "id",
+                            "at",
+                            "actor",
+                            "action",
+                            "entity",
+                            "entity_id",
+                            "details",
+                            "why",
+                        ],
                         entries.iter().map(|a| {
                             vec![
                                 a.id.to_string(),
@@ -1247,7 +1272,8 @@ impl Ctx {
                         self.profiles.sort_by(|a, b| a.name.cmp(&b.name));
                         self.out
                             .send(Update::Profiles(Arc::new(self.profiles.clone())));
-                        self.out.notice(Place::Settings, "Saved the server profile.");
+                        self.out
+                            .notice(Place::Settings, "Saved the server profile.");
                     }
                     Err(e) => self.out.error(Place::Settings, user_text(&e)),
                 }
@@ -1255,7 +1281,10 @@ impl Ctx {
             Command::DeleteProfile(name) => {
                 let n = name.clone();
                 let a = actor.clone();
-                match blocking(&self.engine, move |e| Ok(e.store()?.delete_profile(&n, &a)?)).await
+                match blocking(&self.engine, move |e| {
+                    Ok(e.store()?.delete_profile(&n, &a)?)
+                })
+                .await
                 {
                     Ok(()) => {
                         self.profiles.retain(|p| p.name != name);
@@ -1267,8 +1296,10 @@ impl Ctx {
             }
             Command::SetReviewer(r) => {
                 if r.name.trim().is_empty() {
-                    self.out
-                        .error(Place::Settings, "Enter your name: it goes into the audit log.");
+                    self.out.error(
+                        Place::Settings,
+                        "Enter your name: it goes into the audit log.",
+                    );
                     return;
                 }
                 self.reviewer = r.clone();
@@ -1301,15 +1332,8 @@ fn write_csv(
     w.write_record(header)
         .map_err(|e| err(std::io::Error::other(e)))?;
     for r in rows {
-        w.write_record(&r).map_err(|e| err(std::io::Error::other(e)))?;
+        w.write_record(&r)
+            .map_err(|e| err(std::io::Error::other(e)))?;
     }
     w.flush().map_err(err)
-}
-
-#[allow(dead_code)]
-fn chunk_active(state: ChunkState) -> bool {
-    matches!(
-        state,
-        ChunkState::Pending | ChunkState::Submitted | ChunkState::Downloading
-    )
 }

@@ -30,7 +30,8 @@ pub fn to_fhir(group: &GroupInfo, members: &[Member]) -> Value {
 
 /// Write the FHIR `Group` as pretty JSON.
 pub fn write_fhir(path: &Path, group: &GroupInfo, members: &[Member]) -> std::io::Result<()> {
-    let text = serde_json::to_string_pretty(&to_fhir(group, members)).map_err(std::io::Error::other)?;
+    let text =
+        serde_json::to_string_pretty(&to_fhir(group, members)).map_err(std::io::Error::other)?;
     let mut f = std::fs::File::create(path)?;
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
@@ -40,8 +41,15 @@ pub fn write_fhir(path: &Path, group: &GroupInfo, members: &[Member]) -> std::io
 /// Write the members as CSV: IIS id, name, birth date, source row id, since, added by.
 pub fn write_csv(path: &Path, members: &[Member]) -> std::io::Result<()> {
     let mut w = csv::Writer::from_path(path).map_err(std::io::Error::other)?;
-    w.write_record(["iis_patient_id", "name", "birth_date", "source_id", "member_since", "added_by"])
-        .map_err(std::io::Error::other)?;
+    w.write_record([
+        "iis_patient_id",
+        "name",
+        "birth_date",
+        "source_id",
+        "member_since",
+        "added_by",
+    ])
+    .map_err(std::io::Error::other)?;
     for m in members {
         w.write_record([
             m.iis_id.as_str(),
@@ -87,7 +95,10 @@ mod tests {
         assert_eq!(v["actual"], true);
         assert_eq!(v["quantity"], 2);
         assert_eq!(v["member"][1]["entity"]["reference"], "Patient/IIS2");
-        assert_eq!(v["member"][0]["period"]["start"], "2026-02-01T10:00:00.000Z");
+        assert_eq!(
+            v["member"][0]["period"]["start"],
+            "2026-02-01T10:00:00.000Z"
+        );
         // No patient names in the resource: references only.
         assert!(!v.to_string().contains("JANE"));
 

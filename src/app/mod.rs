@@ -154,7 +154,9 @@ pub enum Place {
 #[derive(Clone, Debug)]
 pub enum Command {
     /// Read the first rows of a file and propose a mapping.
-    PreviewFile { path: PathBuf },
+    PreviewFile {
+        path: PathBuf,
+    },
     /// Import with `mapping` but change nothing: counts, bad rows and, for a re-import, the
     /// difference to the current version.
     CheckImport {
@@ -168,11 +170,23 @@ pub enum Command {
         name: String,
     },
     /// Make a cohort current: loads its problems, runs, queue and Group.
-    SelectCohort { cohort_id: i64 },
-    ExportBadRows { cohort_id: i64, path: PathBuf },
-    StartRun { cohort_id: i64, profile: String },
-    CancelRun { job_id: i64 },
-    LoadDetail { row_id: i64 },
+    SelectCohort {
+        cohort_id: i64,
+    },
+    ExportBadRows {
+        cohort_id: i64,
+        path: PathBuf,
+    },
+    StartRun {
+        cohort_id: i64,
+        profile: String,
+    },
+    CancelRun {
+        job_id: i64,
+    },
+    LoadDetail {
+        row_id: i64,
+    },
     Decide {
         row_id: i64,
         kind: DecisionKind,
@@ -181,8 +195,14 @@ pub enum Command {
         note: Option<String>,
     },
     Undo,
-    BulkPreview { cohort_id: i64, min_score: f64 },
-    BulkAccept { cohort_id: i64, min_score: f64 },
+    BulkPreview {
+        cohort_id: i64,
+        min_score: f64,
+    },
+    BulkAccept {
+        cohort_id: i64,
+        min_score: f64,
+    },
     /// Save corrected demographics and match the row again with `profile`.
     Resubmit {
         row_id: i64,
@@ -211,7 +231,10 @@ pub enum Command {
         fhir: bool,
     },
     LoadAudit(AuditFilter),
-    ExportAudit { filter: AuditFilter, path: PathBuf },
+    ExportAudit {
+        filter: AuditFilter,
+        path: PathBuf,
+    },
     SaveProfile(Box<ServerProfile>),
     DeleteProfile(String),
     SetReviewer(Reviewer),
@@ -314,9 +337,15 @@ pub enum Update {
     Group(Arc<GroupView>),
     Audit(Arc<Vec<AuditEntry>>),
     /// Something worked; say so where it happened.
-    Notice { place: Place, text: String },
+    Notice {
+        place: Place,
+        text: String,
+    },
     /// Something failed; what happened and what to do, where it happened.
-    Error { place: Place, text: String },
+    Error {
+        place: Place,
+        text: String,
+    },
     /// A run event, for live progress text.
     Event(JobEvent),
 }

@@ -125,7 +125,10 @@ fn display_name(normalized: Option<&str>) -> Result<(String, String), StoreError
         (None, Some(g)) => g.to_string(),
         (None, None) => String::new(),
     };
-    Ok((name, d.birth_date.map(|b| b.to_string()).unwrap_or_default()))
+    Ok((
+        name,
+        d.birth_date.map(|b| b.to_string()).unwrap_or_default(),
+    ))
 }
 
 /// The Group of `cohort_id`, created (named after the cohort) on first use.
@@ -226,7 +229,8 @@ pub(crate) fn withdraw_for_decision(
     Ok(())
 }
 
-const CHANGE_SELECT: &str = "SELECT g.id, g.group_id, g.kind, g.iis_id, g.row_id, r.source_id, r.normalized,
+const CHANGE_SELECT: &str =
+    "SELECT g.id, g.group_id, g.kind, g.iis_id, g.row_id, r.source_id, r.normalized,
         g.source, g.proposed_by, g.proposed_at, g.state, g.decided_by, g.decided_at, g.reason
      FROM group_changes g LEFT JOIN rows r ON r.id = g.row_id";
 
@@ -341,8 +345,9 @@ impl Store {
         )
         .ctx("withdrawing moot Group additions")?;
         if adds + removes > 0 {
-            let details = serde_json::json!({ "group": group_id, "additions": adds, "removals": removes })
-                .to_string();
+            let details =
+                serde_json::json!({ "group": group_id, "additions": adds, "removals": removes })
+                    .to_string();
             audit(
                 &tx,
                 actor,
@@ -519,7 +524,10 @@ impl Store {
         } else {
             format!("{CHANGE_SELECT} WHERE g.group_id = ?1 ORDER BY g.id DESC LIMIT ?2")
         };
-        let mut stmt = self.conn.prepare_cached(&sql).ctx("reading Group changes")?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&sql)
+            .ctx("reading Group changes")?;
         let rows = stmt
             .query_map(params![group_id, limit as i64], change_from_row)
             .ctx("reading Group changes")?;
@@ -602,7 +610,15 @@ impl Store {
         let tx = self.tx("deleting a server profile")?;
         tx.execute("DELETE FROM profiles WHERE name = ?1", [name])
             .ctx("deleting a server profile")?;
-        audit(&tx, actor, "profile_deleted", "profile", Some(name), None, None)?;
+        audit(
+            &tx,
+            actor,
+            "profile_deleted",
+            "profile",
+            Some(name),
+            None,
+            None,
+        )?;
         tx.commit().ctx("deleting a server profile")
     }
 }
@@ -643,7 +659,13 @@ mod tests {
         }
         let done = w.finish(&VersionMeta::default(), "t").unwrap();
         let job = store
-            .create_job(done.cohort_id, "http://127.0.0.1/fhir", &MatchOptions::default(), 10, "t")
+            .create_job(
+                done.cohort_id,
+                "http://127.0.0.1/fhir",
+                &MatchOptions::default(),
+                10,
+                "t",
+            )
             .unwrap()
             .unwrap();
         let chunk = store.chunks(job.id).unwrap()[0].id;
@@ -675,7 +697,9 @@ mod tests {
                 outcome: Outcome::NoMatch,
             },
         ];
-        store.ingest_batch(job.id, chunk, 0, 4, &results, &[]).unwrap();
+        store
+            .ingest_batch(job.id, chunk, 0, 4, &results, &[])
+            .unwrap();
         store
             .set_job_state(job.id, crate::domain::JobState::Completed, None)
             .unwrap();
@@ -691,7 +715,13 @@ mod tests {
         assert_eq!(queue[1].candidates, 2);
 
         let d = store
-            .decide(ids[1], DecisionKind::Accept, Some(2), Some("same address"), "rita")
+            .decide(
+                ids[1],
+                DecisionKind::Accept,
+                Some(2),
+                Some("same address"),
+                "rita",
+            )
             .unwrap();
         assert_eq!(d.iis_id.as_deref(), Some("P1b"));
         let group = store.group_for_cohort(cohort).unwrap();
@@ -714,7 +744,9 @@ mod tests {
         assert_eq!(members[0].source_id.as_deref(), Some("S1"));
         // Deciding again is a no-op: it is no longer pending.
         assert_eq!(
-            store.decide_group_changes(&[pending[0].id], false, None, "cora").unwrap(),
+            store
+                .decide_group_changes(&[pending[0].id], false, None, "cora")
+                .unwrap(),
             0
         );
         let audit = store.audit_entries(50).unwrap();
@@ -722,14 +754,21 @@ mod tests {
         assert!(actions.contains(&"decision_accept"), "{actions:?}");
         assert!(actions.contains(&"group_add_approved"), "{actions:?}");
         // The queue shows the decision.
-        assert_eq!(store.queue(cohort).unwrap()[1].decision, Some(DecisionKind::Accept));
+        assert_eq!(
+            store.queue(cohort).unwrap()[1].decision,
+            Some(DecisionKind::Accept)
+        );
     }
 
     #[test]
     fn undo_withdraws_the_pending_addition_and_restores_the_previous_decision() {
         let (_d, mut store, cohort, ids) = setup();
-        store.decide(ids[1], DecisionKind::Skip, None, None, "rita").unwrap();
-        store.decide(ids[1], DecisionKind::Accept, Some(1), None, "rita").unwrap();
+        store
+            .decide(ids[1], DecisionKind::Skip, None, None, "rita")
+            .unwrap();
+        store
+            .decide(ids[1], DecisionKind::Accept, Some(1), None, "rita")
+            .unwrap();
         let group = store.group_for_cohort(cohort).unwrap();
         assert_eq!(store.group(group.id).unwrap().pending, 1);
 
@@ -739,7 +778,10 @@ mod tests {
         let undone = store.undo_last_decision("rita").unwrap().unwrap();
         assert_eq!(undone.kind, DecisionKind::Accept);
         assert_eq!(store.group(group.id).unwrap().pending, 0);
-        assert_eq!(store.queue(cohort).unwrap()[1].decision, Some(DecisionKind::Skip));
+        assert_eq!(
+            store.queue(cohort).unwrap()[1].decision,
+            Some(DecisionKind::Skip)
+        );
         let history = store.group_changes(group.id, false, 10).unwrap();
         assert_eq!(history[0].state, ChangeState::Withdrawn);
 
@@ -754,23 +796,36 @@ mod tests {
     #[test]
     fn undo_after_approval_is_refused_with_what_to_do() {
         let (_d, mut store, cohort, ids) = setup();
-        store.decide(ids[2], DecisionKind::Accept, Some(1), None, "rita").unwrap();
+        store
+            .decide(ids[2], DecisionKind::Accept, Some(1), None, "rita")
+            .unwrap();
         let group = store.group_for_cohort(cohort).unwrap();
         let pending = store.group_changes(group.id, true, 10).unwrap();
-        store.decide_group_changes(&[pending[0].id], true, None, "cora").unwrap();
+        store
+            .decide_group_changes(&[pending[0].id], true, None, "cora")
+            .unwrap();
         let err = store.undo_last_decision("rita").unwrap_err();
         assert!(matches!(err, StoreError::Refused(_)));
         assert!(err.to_string().contains("Group screen"), "{err}");
         // Nothing changed.
         assert_eq!(store.members(group.id).unwrap().len(), 1);
-        assert_eq!(store.queue(cohort).unwrap()[2].decision, Some(DecisionKind::Accept));
+        assert_eq!(
+            store.queue(cohort).unwrap()[2].decision,
+            Some(DecisionKind::Accept)
+        );
     }
 
     #[test]
     fn auto_matches_and_left_rows_become_pending_changes_once() {
         let (_d, mut store, cohort, _ids) = setup();
-        assert_eq!(store.propose_group_changes(cohort, "system").unwrap(), (1, 0));
-        assert_eq!(store.propose_group_changes(cohort, "system").unwrap(), (0, 0));
+        assert_eq!(
+            store.propose_group_changes(cohort, "system").unwrap(),
+            (1, 0)
+        );
+        assert_eq!(
+            store.propose_group_changes(cohort, "system").unwrap(),
+            (0, 0)
+        );
         let group = store.group_for_cohort(cohort).unwrap();
         let pending = store.group_changes(group.id, true, 10).unwrap();
         assert_eq!(pending[0].source, "auto_match");
@@ -790,10 +845,16 @@ mod tests {
                 .unwrap();
         }
         w.finish(&VersionMeta::default(), "t").unwrap();
-        assert_eq!(store.propose_group_changes(cohort, "system").unwrap(), (0, 1));
+        assert_eq!(
+            store.propose_group_changes(cohort, "system").unwrap(),
+            (0, 1)
+        );
         let pending = store.group_changes(group.id, true, 10).unwrap();
         assert_eq!(pending.len(), 1);
-        assert_eq!((pending[0].kind, pending[0].source.as_str()), (ChangeKind::Remove, "left_cohort"));
+        assert_eq!(
+            (pending[0].kind, pending[0].source.as_str()),
+            (ChangeKind::Remove, "left_cohort")
+        );
         store
             .decide_group_changes(&[pending[0].id], true, Some("moved away"), "cora")
             .unwrap();
@@ -810,7 +871,10 @@ mod tests {
         assert_eq!(preview.sample[0].3, "P2");
         assert_eq!(store.bulk_accept_preview(cohort, 0.90, 10).unwrap().rows, 0);
         assert_eq!(store.bulk_accept(cohort, 0.80, "rita").unwrap(), 1);
-        assert_eq!(store.queue(cohort).unwrap()[2].decision, Some(DecisionKind::Accept));
+        assert_eq!(
+            store.queue(cohort).unwrap()[2].decision,
+            Some(DecisionKind::Accept)
+        );
         // Applied rows are no longer offered.
         assert_eq!(store.bulk_accept_preview(cohort, 0.80, 10).unwrap().rows, 0);
     }
@@ -828,7 +892,13 @@ mod tests {
         assert_eq!(detail.original.family.as_deref(), Some("FAM3"));
         assert_eq!(detail.outcome, None);
         let job = store
-            .create_job(cohort, "http://127.0.0.1/fhir", &MatchOptions::default(), 10, "t")
+            .create_job(
+                cohort,
+                "http://127.0.0.1/fhir",
+                &MatchOptions::default(),
+                10,
+                "t",
+            )
             .unwrap()
             .unwrap();
         let chunk = store.chunks(job.id).unwrap()[0].id;
@@ -840,16 +910,34 @@ mod tests {
     #[test]
     fn manual_removal_and_iis_group_id_are_audited() {
         let (_d, mut store, cohort, ids) = setup();
-        store.decide(ids[2], DecisionKind::Accept, Some(1), None, "rita").unwrap();
+        store
+            .decide(ids[2], DecisionKind::Accept, Some(1), None, "rita")
+            .unwrap();
         let group = store.group_for_cohort(cohort).unwrap();
         let p = store.group_changes(group.id, true, 10).unwrap();
-        store.decide_group_changes(&[p[0].id], true, None, "cora").unwrap();
-        let err = store.propose_removal(group.id, "NOPE", "x", "cora").unwrap_err();
+        store
+            .decide_group_changes(&[p[0].id], true, None, "cora")
+            .unwrap();
+        let err = store
+            .propose_removal(group.id, "NOPE", "x", "cora")
+            .unwrap_err();
         assert!(matches!(err, StoreError::Refused(_)));
-        let id = store.propose_removal(group.id, "P2", "deceased", "cora").unwrap();
-        assert_eq!(store.propose_removal(group.id, "P2", "again", "cora").unwrap(), id);
-        store.set_iis_group_id(group.id, Some("G-77"), "cora").unwrap();
-        assert_eq!(store.group(group.id).unwrap().iis_group_id.as_deref(), Some("G-77"));
+        let id = store
+            .propose_removal(group.id, "P2", "deceased", "cora")
+            .unwrap();
+        assert_eq!(
+            store
+                .propose_removal(group.id, "P2", "again", "cora")
+                .unwrap(),
+            id
+        );
+        store
+            .set_iis_group_id(group.id, Some("G-77"), "cora")
+            .unwrap();
+        assert_eq!(
+            store.group(group.id).unwrap().iis_group_id.as_deref(),
+            Some("G-77")
+        );
         let found = store
             .audit_search(&crate::store::AuditFilter {
                 action: Some("group_removal".into()),

@@ -24,8 +24,8 @@ use rusqlite::{Connection, OpenFlags, Transaction, params};
 pub use cohorts::{
     CohortInfo, EncodedRow, ImportDiff, ImportDone, ImportWriter, ProblemRow, VersionMeta,
 };
-pub use jobs::{ChunkFile, ChunkInfo, ChunkPatient, JobInfo, RowResult};
 pub use group::{ChangeKind, ChangeState, GroupChange, GroupInfo, Member};
+pub use jobs::{ChunkFile, ChunkInfo, ChunkPatient, JobInfo, RowResult};
 pub use report::{JobProgress, JobSummary, OutcomeCounts, Report, ResultRow};
 pub use review::{BulkAcceptPreview, DecisionInfo, DecisionKind, QueueRow, RowDetail};
 
@@ -190,7 +190,14 @@ impl Store {
 
     /// Audit entries matching `filter`, newest first.
     pub fn audit_search(&self, filter: &AuditFilter) -> Result<Vec<AuditEntry>, StoreError> {
-        let like = |s: &str| format!("%{}%", s.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_"));
+        let like = |s: &str| {
+            format!(
+                "%{}%",
+                s.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        };
         let mut stmt = self
             .conn
             .prepare_cached(
@@ -203,7 +210,12 @@ impl Store {
                  ORDER BY id DESC LIMIT ?5",
             )
             .ctx("searching the audit log")?;
-        let nonempty = |s: &Option<String>| s.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(like);
+        let nonempty = |s: &Option<String>| {
+            s.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(like)
+        };
         let rows = stmt
             .query_map(
                 params![

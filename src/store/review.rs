@@ -322,7 +322,8 @@ impl Store {
                     .ctx("restoring the previous decision")?;
             }
         }
-        let details = serde_json::json!({ "decision": last.id, "kind": last.kind.key() }).to_string();
+        let details =
+            serde_json::json!({ "decision": last.id, "kind": last.kind.key() }).to_string();
         audit(
             &tx,
             actor,

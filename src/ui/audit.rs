@@ -43,13 +43,24 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     let mut changed = false;
     ui.horizontal_wrapped(|ui| {
         let v = &mut app.audit;
-        changed |= labelled(ui, "Who", |ui| ui.add(egui::TextEdit::singleline(&mut v.actor).desired_width(120.0))).changed();
+        changed |= labelled(ui, "Who", |ui| {
+            ui.add(egui::TextEdit::singleline(&mut v.actor).desired_width(120.0))
+        })
+        .changed();
         changed |= labelled(ui, "Action", |ui| {
-            ui.add(egui::TextEdit::singleline(&mut v.action).hint_text("e.g. decision, group").desired_width(140.0))
+            ui.add(
+                egui::TextEdit::singleline(&mut v.action)
+                    .hint_text("e.g. decision, group")
+                    .desired_width(140.0),
+            )
         })
         .changed();
         changed |= labelled(ui, "Contains", |ui| {
-            ui.add(egui::TextEdit::singleline(&mut v.text).hint_text("row, id, reason…").desired_width(160.0))
+            ui.add(
+                egui::TextEdit::singleline(&mut v.text)
+                    .hint_text("row, id, reason…")
+                    .desired_width(160.0),
+            )
         })
         .changed();
         if ui.button("Refresh").clicked() {
@@ -65,7 +76,10 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     let entries = app.snap.audit.clone();
     ui.colored_label(
         t.muted,
-        format!("{} entries (newest first; the log cannot be edited or deleted)", entries.len()),
+        format!(
+            "{} entries (newest first; the log cannot be edited or deleted)",
+            entries.len()
+        ),
     );
     TableBuilder::new(ui)
         .id_salt("audit")
@@ -100,7 +114,11 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                     ui.label(a.action.replace('_', " "));
                 });
                 row.col(|ui| {
-                    ui.label(format!("{} {}", a.entity, a.entity_id.as_deref().unwrap_or("")));
+                    ui.label(format!(
+                        "{} {}",
+                        a.entity,
+                        a.entity_id.as_deref().unwrap_or("")
+                    ));
                 });
                 row.col(|ui| {
                     ui.label(a.why.as_deref().unwrap_or(""));

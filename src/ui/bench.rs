@@ -120,7 +120,9 @@ pub fn run(dir: &Path, rows: usize, frames: usize) -> FrameStats {
             ..Default::default()
         };
         // Pointer over the table; scroll down a few rows each frame.
-        input.events.push(egui::Event::PointerMoved(egui::pos2(700.0, 250.0)));
+        input
+            .events
+            .push(egui::Event::PointerMoved(egui::pos2(700.0, 250.0)));
         input.events.push(egui::Event::MouseWheel {
             unit: egui::MouseWheelUnit::Point,
             delta: egui::vec2(0.0, -90.0),

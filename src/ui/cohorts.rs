@@ -71,7 +71,14 @@ impl CohortsView {
         let fields = preview
             .headers
             .iter()
-            .map(|h| preview.automapping.columns.iter().find(|(c, _)| c == h).map(|(_, f)| *f))
+            .map(|h| {
+                preview
+                    .automapping
+                    .columns
+                    .iter()
+                    .find(|(c, _)| c == h)
+                    .map(|(_, f)| *f)
+            })
             .collect();
         let name = path
             .file_stem()
@@ -110,7 +117,7 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     let t = tokens::of(ui);
     ui.horizontal(|ui| {
         if ui
-            .button("📂 Open cohort file…")
+            .button("Open cohort file…")
             .on_hover_text("CSV (comma, tab, pipe or semicolon) or FHIR Patient ndjson. You can also drop a file on the window.")
             .clicked()
         {
@@ -150,7 +157,7 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 "Last import: \"{}\" — {} rows ready, {} bad rows kept aside, {} warnings.",
                 c.name, c.good_rows, c.bad_rows, c.warnings
             ));
-            if ui.button("Match it now →").clicked() {
+            if ui.button("Match it now »").clicked() {
                 app.persisted.screen = Screen::Runs;
             }
         });
@@ -202,7 +209,10 @@ fn draft_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         });
         let exists = app.snap.cohorts.iter().any(|c| c.name == d.name);
         if exists {
-            ui.colored_label(t.warning, "⚠ a cohort with this name exists: this will be a re-import (a new version)");
+            ui.colored_label(
+                t.warning,
+                "⚠ a cohort with this name exists: this will be a re-import (a new version)",
+            );
         }
     });
     ui.add_space(4.0);
@@ -234,7 +244,8 @@ fn draft_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                                     changed = true;
                                 }
                                 for f in Field::ALL {
-                                    if ui.selectable_label(current == Some(f), f.label()).clicked() {
+                                    if ui.selectable_label(current == Some(f), f.label()).clicked()
+                                    {
                                         // One column per field.
                                         for g in d.fields.iter_mut() {
                                             if *g == Some(f) {
@@ -268,7 +279,11 @@ fn draft_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
             t.error,
             format!(
                 "✖ No column is mapped to {}. Every row needs it: choose the column that holds it.",
-                missing.iter().map(|f| f.label()).collect::<Vec<_>>().join(", ")
+                missing
+                    .iter()
+                    .map(|f| f.label())
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
         );
     }
@@ -279,7 +294,9 @@ fn draft_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         let ok = missing.is_empty() && !d.name.trim().is_empty();
         if ui
             .add_enabled(ok && !d.checking, egui::Button::new("Check file"))
-            .on_hover_text("Read the whole file and count good and bad rows without importing anything")
+            .on_hover_text(
+                "Read the whole file and count good and bad rows without importing anything",
+            )
             .clicked()
         {
             d.checking = true;
@@ -373,31 +390,39 @@ fn cohort_list(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     ui.strong("Cohorts in this workspace");
     let cohorts = app.snap.cohorts.clone();
     let mut select = None;
-    egui::Grid::new("cohorts_grid").striped(true).show(ui, |ui| {
-        ui.strong("");
-        ui.strong("Name");
-        ui.strong("Rows");
-        ui.strong("Bad rows");
-        ui.strong("Versions");
-        ui.strong("Last imported");
-        ui.end_row();
-        for c in cohorts.iter() {
-            let current = app.persisted.cohort_id == Some(c.id);
-            if ui
-                .add(egui::Button::selectable(current, if current { "● current" } else { "Select" }))
-                .on_hover_text(format!("Make \"{}\" the cohort the other screens show", c.name))
-                .clicked()
-            {
-                select = Some(c.id);
-            }
-            ui.label(&c.name);
-            ui.label(c.active_rows.to_string());
-            ui.label(c.bad_rows.to_string());
-            ui.label(c.versions.to_string());
-            ui.label(c.last_imported_at.as_deref().unwrap_or(""));
+    egui::Grid::new("cohorts_grid")
+        .striped(true)
+        .show(ui, |ui| {
+            ui.strong("");
+            ui.strong("Name");
+            ui.strong("Rows");
+            ui.strong("Bad rows");
+            ui.strong("Versions");
+            ui.strong("Last imported");
             ui.end_row();
-        }
-    });
+            for c in cohorts.iter() {
+                let current = app.persisted.cohort_id == Some(c.id);
+                if ui
+                    .add(egui::Button::selectable(
+                        current,
+                        if current { "• current" } else { "Select" },
+                    ))
+                    .on_hover_text(format!(
+                        "Make \"{}\" the cohort the other screens show",
+                        c.name
+                    ))
+                    .clicked()
+                {
+                    select = Some(c.id);
+                }
+                ui.label(&c.name);
+                ui.label(c.active_rows.to_string());
+                ui.label(c.bad_rows.to_string());
+                ui.label(c.versions.to_string());
+                ui.label(c.last_imported_at.as_deref().unwrap_or(""));
+                ui.end_row();
+            }
+        });
     if let Some(id) = select {
         app.select_cohort(id);
     }
@@ -469,7 +494,11 @@ fn problems_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                     ui.label(&p.reason);
                 });
                 row.col(|ui| {
-                    let color = if p.severity == "error" { t.error } else { t.warning };
+                    let color = if p.severity == "error" {
+                        t.error
+                    } else {
+                        t.warning
+                    };
                     ui.colored_label(color, &p.severity);
                 });
             });

@@ -34,14 +34,22 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         ui.label("Import a cohort first.");
         return;
     };
-    let Some(g) = app.snap.group.clone().filter(|g| g.group.cohort_id == cohort_id) else {
+    let Some(g) = app
+        .snap
+        .group
+        .clone()
+        .filter(|g| g.group.cohort_id == cohort_id)
+    else {
         ui.spinner();
         return;
     };
     let coordinator = app.snap.reviewer.role == Role::Coordinator;
     ui.horizontal(|ui| {
         ui.strong(format!("Group \"{}\"", g.group.name));
-        ui.label(format!("{} members · {} pending changes", g.group.members, g.group.pending));
+        ui.label(format!(
+            "{} members · {} pending changes",
+            g.group.members, g.group.pending
+        ));
     });
     ui.horizontal(|ui| {
         let id = app
@@ -49,27 +57,48 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
             .iis_group_id
             .get_or_insert_with(|| g.group.iis_group_id.clone().unwrap_or_default());
         labelled(ui, "Group id at the IIS", |ui| {
-            ui.add(egui::TextEdit::singleline(id).hint_text("not recorded yet").desired_width(180.0))
+            ui.add(
+                egui::TextEdit::singleline(id)
+                    .hint_text("not recorded yet")
+                    .desired_width(180.0),
+            )
         });
         if ui.button("Save id").clicked() {
-            app.send(Command::SetIisGroupId { cohort_id, iis_group_id: app.group.iis_group_id.clone() });
+            app.send(Command::SetIisGroupId {
+                cohort_id,
+                iis_group_id: app.group.iis_group_id.clone(),
+            });
         }
         ui.separator();
-        if ui.button("Export FHIR Group…").on_hover_text("A FHIR R4 Group resource (type person, actual) to give to the IIS").clicked() {
-            app.pick(Some("group.json"), ("FHIR JSON", &["json"]), move |p| Picked::SaveGroup(cohort_id, p, true));
+        if ui
+            .button("Export FHIR Group…")
+            .on_hover_text("A FHIR R4 Group resource (type person, actual) to give to the IIS")
+            .clicked()
+        {
+            app.pick(Some("group.json"), ("FHIR JSON", &["json"]), move |p| {
+                Picked::SaveGroup(cohort_id, p, true)
+            });
         }
         if ui.button("Export CSV…").clicked() {
-            app.pick(Some("group-members.csv"), ("CSV", &["csv"]), move |p| Picked::SaveGroup(cohort_id, p, false));
+            app.pick(Some("group-members.csv"), ("CSV", &["csv"]), move |p| {
+                Picked::SaveGroup(cohort_id, p, false)
+            });
         }
     });
     ui.add_space(4.0);
     ui.horizontal(|ui| {
         for (tab, label) in [
-            (Tab::Pending, format!("Pending changes ({})", g.pending.len())),
+            (
+                Tab::Pending,
+                format!("Pending changes ({})", g.pending.len()),
+            ),
             (Tab::Members, format!("Members ({})", g.members.len())),
             (Tab::History, "History".to_string()),
         ] {
-            if ui.add(egui::Button::selectable(app.group.tab == tab, label)).clicked() {
+            if ui
+                .add(egui::Button::selectable(app.group.tab == tab, label))
+                .clicked()
+            {
                 app.group.tab = tab;
             }
         }
@@ -84,26 +113,65 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 ui.label("No pending changes. Accepted matches and automatic matches appear here for approval; rows that leave the cohort appear as removals.");
                 return;
             }
-            app.group.checked.retain(|id| g.pending.iter().any(|c| c.id == *id));
+            app.group
+                .checked
+                .retain(|id| g.pending.iter().any(|c| c.id == *id));
             let mut send = None;
             ui.horizontal(|ui| {
                 labelled(ui, "Reason", |ui| {
-                    ui.add(egui::TextEdit::singleline(&mut app.group.reason).hint_text("optional, saved in the history").desired_width(220.0))
+                    ui.add(
+                        egui::TextEdit::singleline(&mut app.group.reason)
+                            .hint_text("optional, saved in the history")
+                            .desired_width(220.0),
+                    )
                 });
                 let sel: Vec<i64> = app.group.checked.iter().copied().collect();
                 let reason = {
                     let r = app.group.reason.trim().to_string();
                     (!r.is_empty()).then_some(r)
                 };
-                if ui.add_enabled(coordinator && !sel.is_empty(), egui::Button::new(format!("Approve selected ({})", sel.len()))).clicked() {
-                    send = Some(Command::DecideChanges { cohort_id, ids: sel.clone(), approve: true, reason: reason.clone() });
+                if ui
+                    .add_enabled(
+                        coordinator && !sel.is_empty(),
+                        egui::Button::new(format!("Approve selected ({})", sel.len())),
+                    )
+                    .clicked()
+                {
+                    send = Some(Command::DecideChanges {
+                        cohort_id,
+                        ids: sel.clone(),
+                        approve: true,
+                        reason: reason.clone(),
+                    });
                 }
-                if ui.add_enabled(coordinator && !sel.is_empty(), egui::Button::new(format!("Reject selected ({})", sel.len()))).clicked() {
-                    send = Some(Command::DecideChanges { cohort_id, ids: sel, approve: false, reason: reason.clone() });
+                if ui
+                    .add_enabled(
+                        coordinator && !sel.is_empty(),
+                        egui::Button::new(format!("Reject selected ({})", sel.len())),
+                    )
+                    .clicked()
+                {
+                    send = Some(Command::DecideChanges {
+                        cohort_id,
+                        ids: sel,
+                        approve: false,
+                        reason: reason.clone(),
+                    });
                 }
                 let all: Vec<i64> = g.pending.iter().map(|c| c.id).collect();
-                if ui.add_enabled(coordinator, egui::Button::new(format!("Approve all ({})", all.len()))).clicked() {
-                    send = Some(Command::DecideChanges { cohort_id, ids: all, approve: true, reason });
+                if ui
+                    .add_enabled(
+                        coordinator,
+                        egui::Button::new(format!("Approve all ({})", all.len())),
+                    )
+                    .clicked()
+                {
+                    send = Some(Command::DecideChanges {
+                        cohort_id,
+                        ids: all,
+                        approve: true,
+                        reason,
+                    });
                 }
                 if ui.small_button("Select all").clicked() {
                     app.group.checked = g.pending.iter().map(|c| c.id).collect();
@@ -122,7 +190,11 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         Tab::Members => {
             ui.horizontal(|ui| {
                 labelled(ui, "Search members", |ui| {
-                    ui.add(egui::TextEdit::singleline(&mut app.group.search).hint_text("name, IIS id or record id").desired_width(240.0))
+                    ui.add(
+                        egui::TextEdit::singleline(&mut app.group.search)
+                            .hint_text("name, IIS id or record id")
+                            .desired_width(240.0),
+                    )
                 });
             });
             let needle = app.group.search.trim().to_uppercase();
@@ -134,7 +206,11 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                     needle.is_empty()
                         || m.name.to_uppercase().contains(&needle)
                         || m.iis_id.to_uppercase().contains(&needle)
-                        || m.source_id.as_deref().unwrap_or("").to_uppercase().contains(&needle)
+                        || m.source_id
+                            .as_deref()
+                            .unwrap_or("")
+                            .to_uppercase()
+                            .contains(&needle)
                 })
                 .map(|(i, _)| i)
                 .collect();
@@ -150,7 +226,15 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 .column(Column::initial(100.0))
                 .column(Column::remainder().at_least(130.0))
                 .header(tokens::ROW_HEIGHT, |mut h| {
-                    for title in ["IIS patient id", "Name", "Birth date", "Record id", "Member since", "Added by", ""] {
+                    for title in [
+                        "IIS patient id",
+                        "Name",
+                        "Birth date",
+                        "Record id",
+                        "Member since",
+                        "Added by",
+                        "",
+                    ] {
                         h.col(|ui| {
                             ui.strong(title);
                         });
@@ -214,7 +298,12 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     }
 }
 
-fn changes_table(ui: &mut egui::Ui, changes: &[GroupChange], mut checked: Option<&mut BTreeSet<i64>>, salt: &str) {
+fn changes_table(
+    ui: &mut egui::Ui,
+    changes: &[GroupChange],
+    mut checked: Option<&mut BTreeSet<i64>>,
+    salt: &str,
+) {
     let t = tokens::of(ui);
     let with_check = checked.is_some();
     let mut tb = TableBuilder::new(ui).id_salt(salt).striped(true);
@@ -232,7 +321,15 @@ fn changes_table(ui: &mut egui::Ui, changes: &[GroupChange], mut checked: Option
             if with_check {
                 h.col(|_| {});
             }
-            for title in ["Change", "Name", "IIS id", "Because", "Proposed", "State", "Decided / reason"] {
+            for title in [
+                "Change",
+                "Name",
+                "IIS id",
+                "Because",
+                "Proposed",
+                "State",
+                "Decided / reason",
+            ] {
                 h.col(|ui| {
                     ui.strong(title);
                 });
@@ -269,7 +366,11 @@ fn changes_table(ui: &mut egui::Ui, changes: &[GroupChange], mut checked: Option
                     ui.label(c.source_label());
                 });
                 row.col(|ui| {
-                    ui.label(format!("{} {}", c.proposed_by, &c.proposed_at[..16.min(c.proposed_at.len())]));
+                    ui.label(format!(
+                        "{} {}",
+                        c.proposed_by,
+                        &c.proposed_at[..16.min(c.proposed_at.len())]
+                    ));
                 });
                 row.col(|ui| {
                     let (color, word) = match c.state {
@@ -286,7 +387,11 @@ fn changes_table(ui: &mut egui::Ui, changes: &[GroupChange], mut checked: Option
                         s = format!("{by} {}", &at[..16.min(at.len())]);
                     }
                     if let Some(r) = &c.reason {
-                        s = if s.is_empty() { r.clone() } else { format!("{s} — {r}") };
+                        s = if s.is_empty() {
+                            r.clone()
+                        } else {
+                            format!("{s} — {r}")
+                        };
                     }
                     ui.label(s);
                 });

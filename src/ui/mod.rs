@@ -147,10 +147,8 @@ impl MatchdeskApp {
             opts.reviewer = r.clone();
         }
         let backend = Backend::start(opts, repaint);
-        let review = review::ReviewView::new(
-            persisted.review_filter,
-            persisted.review_search.clone(),
-        );
+        let review =
+            review::ReviewView::new(persisted.review_filter, persisted.review_search.clone());
         MatchdeskApp {
             backend,
             persisted,
@@ -242,10 +240,10 @@ impl MatchdeskApp {
                     .filter(|id| c.iter().any(|x| x.id == *id))
                     .or_else(|| c.last().map(|x| x.id));
                 self.snap.cohorts = c;
-                if current != self.persisted.cohort_id || !self.review.has_queue() {
-                    if let Some(id) = current {
-                        self.select_cohort(id);
-                    }
+                if let Some(id) = current
+                    && (current != self.persisted.cohort_id || !self.review.has_queue())
+                {
+                    self.select_cohort(id);
                 }
             }
             Update::Profiles(p) => {
@@ -339,7 +337,11 @@ impl MatchdeskApp {
                 .corner_radius(4.0)
                 .show(ui, |ui| {
                     ui.horizontal(|ui| {
-                        let (sym, color) = if m.error { ("✖", t.error) } else { ("✔", t.ok) };
+                        let (sym, color) = if m.error {
+                            ("✖", t.error)
+                        } else {
+                            ("✔", t.ok)
+                        };
                         ui.colored_label(color, sym);
                         ui.add(egui::Label::new(&m.text).wrap());
                         if m.error && ui.small_button("Dismiss").clicked() {
@@ -353,7 +355,8 @@ impl MatchdeskApp {
             list.remove(i);
         }
         if list.iter().any(|m| !m.error) {
-            ui.ctx().request_repaint_after(std::time::Duration::from_secs(1));
+            ui.ctx()
+                .request_repaint_after(std::time::Duration::from_secs(1));
         }
     }
 
@@ -376,7 +379,7 @@ impl MatchdeskApp {
                 label = format!("{label} ({} pending)", g.group.pending);
             }
             if s == Screen::Runs && self.snap.runs.iter().any(|r| r.active) {
-                label = format!("{label} ●");
+                label = format!("{label} •");
             }
             let errors = self
                 .messages
@@ -463,7 +466,7 @@ impl MatchdeskApp {
         egui::CentralPanel::default().show(ui, |ui| {
             if !self.snap.ready {
                 self.messages_ui(ui, Place::App);
-                if !self.messages.get(&Place::App).is_some_and(|m| !m.is_empty()) {
+                if self.messages.get(&Place::App).is_none_or(|m| m.is_empty()) {
                     ui.spinner();
                     ui.label("Opening the workspace…");
                 }
@@ -504,7 +507,11 @@ impl eframe::App for MatchdeskApp {
 }
 
 /// A label for the next widget, so screen readers and tests find the widget by this text.
-pub(crate) fn labelled(ui: &mut egui::Ui, label: &str, add: impl FnOnce(&mut egui::Ui) -> egui::Response) -> egui::Response {
+pub(crate) fn labelled(
+    ui: &mut egui::Ui,
+    label: &str,
+    add: impl FnOnce(&mut egui::Ui) -> egui::Response,
+) -> egui::Response {
     let l = ui.label(label);
     add(ui).labelled_by(l.id)
 }

@@ -2,7 +2,7 @@
 //! (a million rows scroll without per-row work beyond the visible ones), and for the selected row
 //! the submitted record and every candidate side by side, field by field, each cell marked with
 //! a colour *and* a symbol. Keyboard first: 1–9 accept a candidate, N no match, S skip, U undo,
-//! ↑/↓ or K/J move, / search. Every shortcut is also a visible button.
+//! ⬆/⬇ or K/J move, / search. Every shortcut is also a visible button.
 //!
 //! Filtering and sorting happen only when the queue, a filter, the search or the sort changes
 //! ([`QueueState::rebuild`]); a frame only draws the visible rows.
@@ -67,7 +67,10 @@ impl ReviewFilter {
     }
 
     fn index(self) -> usize {
-        ReviewFilter::ALL.iter().position(|f| *f == self).unwrap_or(0)
+        ReviewFilter::ALL
+            .iter()
+            .position(|f| *f == self)
+            .unwrap_or(0)
     }
 
     /// Whether `r` belongs in this tab.
@@ -75,7 +78,9 @@ impl ReviewFilter {
         let open = matches!(r.decision, None | Some(DecisionKind::Skip));
         match self {
             ReviewFilter::Open => open && r.outcome != Outcome::AutoMatch,
-            ReviewFilter::Several => open && r.outcome == Outcome::Review(ReviewReason::SeveralCandidates),
+            ReviewFilter::Several => {
+                open && r.outcome == Outcome::Review(ReviewReason::SeveralCandidates)
+            }
             ReviewFilter::Probable => open && r.outcome == Outcome::Review(ReviewReason::Probable),
             ReviewFilter::Possible => open && r.outcome == Outcome::Review(ReviewReason::Possible),
             ReviewFilter::CertainDisagrees => {
@@ -141,7 +146,9 @@ impl QueueState {
         let rows = &self.rows;
         match sort {
             SortKey::Line => view.sort_by_key(|&i| rows[i as usize].line),
-            SortKey::Name => view.sort_by(|&a, &b| rows[a as usize].name.cmp(&rows[b as usize].name)),
+            SortKey::Name => {
+                view.sort_by(|&a, &b| rows[a as usize].name.cmp(&rows[b as usize].name))
+            }
             SortKey::Score => view.sort_by(|&a, &b| {
                 let (x, y) = (rows[a as usize].best_score, rows[b as usize].best_score);
                 x.unwrap_or(-1.0).total_cmp(&y.unwrap_or(-1.0))
@@ -226,7 +233,11 @@ impl ReviewView {
     }
 
     pub fn clear_for(&mut self, cohort_id: i64) {
-        if self.queue.as_ref().is_some_and(|q| q.cohort_id != cohort_id) {
+        if self
+            .queue
+            .as_ref()
+            .is_some_and(|q| q.cohort_id != cohort_id)
+        {
             self.queue = None;
             self.selected = None;
             self.detail = None;
@@ -363,7 +374,10 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 continue;
             }
             if ui
-                .add(egui::Button::selectable(rv.filter == f, format!("{} ({n})", f.label())))
+                .add(egui::Button::selectable(
+                    rv.filter == f,
+                    format!("{} ({n})", f.label()),
+                ))
                 .clicked()
             {
                 rv.filter = f;
@@ -405,7 +419,17 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     if !ui.ctx().egui_wants_keyboard_input() && rv.edit.is_none() && rv.bulk.is_none() {
         ui.input(|i| {
             use egui::Key;
-            let nums = [Key::Num1, Key::Num2, Key::Num3, Key::Num4, Key::Num5, Key::Num6, Key::Num7, Key::Num8, Key::Num9];
+            let nums = [
+                Key::Num1,
+                Key::Num2,
+                Key::Num3,
+                Key::Num4,
+                Key::Num5,
+                Key::Num6,
+                Key::Num7,
+                Key::Num8,
+                Key::Num9,
+            ];
             for (n, k) in nums.iter().enumerate() {
                 if i.key_pressed(*k) {
                     actions.push(Action::Accept(n as u32 + 1));
@@ -460,10 +484,9 @@ fn run_action(app: &mut MatchdeskApp, a: Action) {
     };
     let cmd = match a {
         Action::Accept(n) => {
-            let has = rv
-                .detail
-                .as_ref()
-                .is_some_and(|d| d.detail.row_id == row_id && (n as usize) <= d.detail.candidates.len());
+            let has = rv.detail.as_ref().is_some_and(|d| {
+                d.detail.row_id == row_id && (n as usize) <= d.detail.candidates.len()
+            });
             if !has {
                 return;
             }
@@ -520,7 +543,13 @@ fn table_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, height: f32) {
             tb = tb.scroll_to_row(p, Some(egui::Align::Center));
         }
         rv.scroll_to = false;
-        let arrow = |k: SortKey| if rv.sort == k { if rv.desc { " ⏷" } else { " ⏶" } } else { "" };
+        let arrow = |k: SortKey| {
+            if rv.sort == k {
+                if rv.desc { " ⏷" } else { " ⏶" }
+            } else {
+                ""
+            }
+        };
         tb.header(tokens::ROW_HEIGHT, |mut h| {
             let heads: [(&str, Option<SortKey>); 8] = [
                 ("Line", Some(SortKey::Line)),
@@ -536,7 +565,12 @@ fn table_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, height: f32) {
                 h.col(|ui| match key {
                     Some(k) => {
                         if ui
-                            .add(egui::Button::new(egui::RichText::new(format!("{title}{}", arrow(k))).strong()).frame(false))
+                            .add(
+                                egui::Button::new(
+                                    egui::RichText::new(format!("{title}{}", arrow(k))).strong(),
+                                )
+                                .frame(false),
+                            )
                             .on_hover_text("Sort by this column")
                             .clicked()
                         {
@@ -573,13 +607,17 @@ fn table_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, height: f32) {
                     ui.label(r.candidates.to_string());
                 });
                 row.col(|ui| {
-                    ui.label(r.best_score.map(|s| format!("{s:.2}")).unwrap_or_else(|| "—".into()));
+                    ui.label(
+                        r.best_score
+                            .map(|s| format!("{s:.2}"))
+                            .unwrap_or_else(|| "—".into()),
+                    );
                 });
                 row.col(|ui| {
                     match r.decision {
                         Some(DecisionKind::Accept) => ui.colored_label(t.ok, "✔ accepted"),
                         Some(DecisionKind::NoMatch) => ui.colored_label(t.muted, "○ no match"),
-                        Some(DecisionKind::Skip) => ui.colored_label(t.warning, "↷ skipped"),
+                        Some(DecisionKind::Skip) => ui.colored_label(t.warning, "⏭ skipped"),
                         None => ui.label(""),
                     };
                 });
@@ -639,12 +677,22 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
                 (DecisionKind::Accept, Some(r)) => format!("candidate {r} accepted"),
                 (k, _) => k.label().to_string(),
             };
-            ui.colored_label(t.accent, format!("Decision: {what} by {} at {}", last.actor, &last.at[..16.min(last.at.len())]));
+            ui.colored_label(
+                t.accent,
+                format!(
+                    "Decision: {what} by {} at {}",
+                    last.actor,
+                    &last.at[..16.min(last.at.len())]
+                ),
+            );
         }
     });
     for issue in &d.issues {
         let color = if issue.is_error() { t.error } else { t.muted };
-        ui.colored_label(color, format!("Server says ({}): {}", issue.severity, issue.text));
+        ui.colored_label(
+            color,
+            format!("Server says ({}): {}", issue.severity, issue.text),
+        );
     }
     if d.outcome == Some(Outcome::Error) && d.issues.is_empty() {
         ui.colored_label(t.error, "✖ The server's answer for this row could not be read. Correct and resubmit it, or start the run again.");
@@ -656,33 +704,52 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
             let n = i as u32 + 1;
             if ui
                 .button(format!("✔ Accept {n}  [{n}]"))
-                .on_hover_text(format!("This person is candidate {n} (IIS id {})", c.iis_id))
+                .on_hover_text(format!(
+                    "This person is candidate {n} (IIS id {})",
+                    c.iis_id
+                ))
                 .clicked()
             {
                 actions.push(Action::Accept(n));
             }
         }
-        if ui.button("○ No match  [N]").on_hover_text("None of the candidates is this person").clicked() {
+        if ui
+            .button("○ No match  [N]")
+            .on_hover_text("None of the candidates is this person")
+            .clicked()
+        {
             actions.push(Action::NoMatch);
         }
-        if ui.button("↷ Skip  [S]").on_hover_text("Decide later").clicked() {
+        if ui
+            .button("⏭ Skip  [S]")
+            .on_hover_text("Decide later")
+            .clicked()
+        {
             actions.push(Action::Skip);
         }
-        if ui.button("↶ Undo  [U]").on_hover_text("Undo your last decision").clicked() {
+        if ui
+            .button("↺ Undo  [U]")
+            .on_hover_text("Undo your last decision")
+            .clicked()
+        {
             actions.push(Action::Undo);
         }
-        if ui.button("↑ Previous  [K]").clicked() {
+        if ui.button("⬆ Previous  [K]").clicked() {
             actions.push(Action::Move(-1));
         }
-        if ui.button("↓ Next  [J]").clicked() {
+        if ui.button("⬇ Next  [J]").clicked() {
             actions.push(Action::Move(1));
         }
         labelled(ui, "Note", |ui| {
-            ui.add(egui::TextEdit::singleline(&mut rv.note).hint_text("optional, saved with the decision").desired_width(220.0))
+            ui.add(
+                egui::TextEdit::singleline(&mut rv.note)
+                    .hint_text("optional, saved with the decision")
+                    .desired_width(220.0),
+            )
         });
         if matches!(d.outcome, Some(Outcome::NoMatch) | Some(Outcome::Error))
             && ui
-                .button("✎ Correct and resubmit…")
+                .button("✏ Correct and resubmit…")
                 .on_hover_text("Fix the record (a typo, a missing field) and match it again")
                 .clicked()
         {
@@ -705,7 +772,9 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
         .filter(|f| *f != Field::IisId)
         .filter(|f| {
             show_value(*f, &d.submitted).is_some()
-                || d.candidates.iter().any(|c| show_value(*f, &c.demographics).is_some())
+                || d.candidates
+                    .iter()
+                    .any(|c| show_value(*f, &c.demographics).is_some())
         })
         .collect();
     egui::ScrollArea::both().id_salt("side_by_side").show(ui, |ui| {
@@ -756,8 +825,10 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
                         let cand = chk.comparison.field(*f);
                         match cand {
                             Some(fr) => {
-                                let v = fr.candidate.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| "—".into());
-                                let text = format!("{} {}", fr.verdict.symbol(), v);
+                                let text = match fr.candidate.clone().filter(|s| !s.is_empty()) {
+                                    Some(v) => format!("{} {v}", fr.verdict.symbol()),
+                                    None => fr.verdict.symbol().to_string(),
+                                };
                                 let r = ui.colored_label(t.verdict(fr.verdict), text);
                                 let mut hover = fr.verdict.label().to_string();
                                 if !fr.note.is_empty() {
@@ -792,20 +863,29 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
 }
 
 fn bulk_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, cohort_id: i64) {
-    let Some((mut score, preview)) = app.review.bulk.clone() else { return };
+    let Some((mut score, preview)) = app.review.bulk.clone() else {
+        return;
+    };
     let mut close = false;
     let mut send = Vec::new();
     egui::Modal::new(egui::Id::unique("bulk_accept")).show(ui.ctx(), |ui| {
         ui.heading("Bulk accept");
         ui.label("Accept the single candidate of every review row whose server score is at least:");
-        let r = ui.add(egui::Slider::new(&mut score, 0.5..=1.0).step_by(0.01).text("minimum score"));
+        let r = ui.add(
+            egui::Slider::new(&mut score, 0.5..=1.0)
+                .step_by(0.01)
+                .text("minimum score"),
+        );
         if r.changed() {
             app.review.bulk = Some((score, None));
         }
         match &preview {
             None => {
                 if ui.button("Preview").clicked() {
-                    send.push(Command::BulkPreview { cohort_id, min_score: score });
+                    send.push(Command::BulkPreview {
+                        cohort_id,
+                        min_score: score,
+                    });
                 }
             }
             Some(p) => {
@@ -827,10 +907,11 @@ fn bulk_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, cohort_id: i64) {
                         }
                     });
                 }
-                if p.rows > 0
-                    && ui.button(format!("Accept {} rows", p.rows)).clicked()
-                {
-                    send.push(Command::BulkAccept { cohort_id, min_score: score });
+                if p.rows > 0 && ui.button(format!("Accept {} rows", p.rows)).clicked() {
+                    send.push(Command::BulkAccept {
+                        cohort_id,
+                        min_score: score,
+                    });
                     close = true;
                 }
             }
@@ -848,12 +929,16 @@ fn bulk_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, cohort_id: i64) {
 }
 
 fn edit_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
-    let Some(mut e) = app.review.edit.take() else { return };
+    let Some(mut e) = app.review.edit.take() else {
+        return;
+    };
     let mut close = false;
     let mut submit = false;
     egui::Modal::new(egui::Id::unique("edit_row")).show(ui.ctx(), |ui| {
         ui.heading("Correct and resubmit");
-        ui.label("The file's original values are kept; the corrected record is what is sent to the IIS.");
+        ui.label(
+            "The file's original values are kept; the corrected record is what is sent to the IIS.",
+        );
         egui::Grid::new("edit_grid").num_columns(2).show(ui, |ui| {
             for f in [
                 Field::Given,
@@ -900,9 +985,14 @@ fn edit_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         match chrono::NaiveDate::parse_from_str(e.birth.trim(), "%Y-%m-%d") {
             Ok(b) => {
                 e.d.birth_date = Some(b);
-                e.d.sex = if e.sex.trim().is_empty() { None } else { Sex::parse(e.sex.trim()) };
+                e.d.sex = if e.sex.trim().is_empty() {
+                    None
+                } else {
+                    Sex::parse(e.sex.trim())
+                };
                 if e.why.trim().is_empty() {
-                    e.error = Some("Say briefly what you corrected (it goes into the audit log).".into());
+                    e.error =
+                        Some("Say briefly what you corrected (it goes into the audit log).".into());
                 } else if let Some(profile) = app.persisted.profile.clone() {
                     app.send(Command::Resubmit {
                         row_id: e.row_id,
@@ -916,7 +1006,10 @@ fn edit_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 }
             }
             Err(_) => {
-                e.error = Some(format!("\"{}\" is not a date like 2014-03-27.", e.birth.trim()));
+                e.error = Some(format!(
+                    "\"{}\" is not a date like 2014-03-27.",
+                    e.birth.trim()
+                ));
             }
         }
     }

@@ -41,7 +41,8 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     }
     if runs.iter().any(|r| r.active) {
         // Elapsed time and ETA move even between backend updates.
-        ui.ctx().request_repaint_after(std::time::Duration::from_millis(500));
+        ui.ctx()
+            .request_repaint_after(std::time::Duration::from_millis(500));
     }
     egui::ScrollArea::vertical().id_salt("runs").show(ui, |ui| {
         for r in runs.iter() {
@@ -82,7 +83,10 @@ fn start_form(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         return;
     }
     if profiles.is_empty() {
-        ui.colored_label(t.warning, "⚠ No server is set up. Add a server profile on the Settings screen.");
+        ui.colored_label(
+            t.warning,
+            "⚠ No server is set up. Add a server profile on the Settings screen.",
+        );
         if ui.button("Go to Settings").clicked() {
             app.persisted.screen = Screen::Settings;
         }
@@ -90,7 +94,9 @@ fn start_form(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     }
     // Options start from the profile's defaults whenever another profile is chosen.
     if app.runs.initialized_from != app.persisted.profile
-        && let Some(p) = profiles.iter().find(|p| Some(&p.name) == app.persisted.profile.as_ref())
+        && let Some(p) = profiles
+            .iter()
+            .find(|p| Some(&p.name) == app.persisted.profile.as_ref())
     {
         app.runs.only_single = p.options.only_single_match;
         app.runs.only_certain = p.options.only_certain_matches;
@@ -141,10 +147,12 @@ fn start_form(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
     if let Some(id) = select_cohort {
         app.select_cohort(id);
     }
-    let running_here = app
-        .persisted
-        .cohort_id
-        .is_some_and(|id| app.snap.runs.iter().any(|r| r.active && r.job.cohort_id == id));
+    let running_here = app.persisted.cohort_id.is_some_and(|id| {
+        app.snap
+            .runs
+            .iter()
+            .any(|r| r.active && r.job.cohort_id == id)
+    });
     ui.horizontal(|ui| {
         let can = app.persisted.cohort_id.is_some() && app.persisted.profile.is_some() && !running_here;
         if ui
@@ -173,7 +181,7 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
             ui.strong(format!("Run {} — {}", r.job.id, r.cohort));
             ui.colored_label(t.muted, &r.job.server_url);
             let (sym, color, word) = match r.job.state {
-                JobState::Running if r.active => ("●", t.accent, "running"),
+                JobState::Running if r.active => ("•", t.accent, "running"),
                 JobState::Running => ("⏸", t.warning, "interrupted — will resume"),
                 JobState::Completed => ("✔", t.ok, "finished"),
                 JobState::CompletedWithErrors => ("⚠", t.warning, "finished with failures"),
@@ -184,9 +192,7 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
             if r.resumed {
                 ui.colored_label(t.accent, "↻ resumed after a restart");
             }
-            if r.job.state == JobState::Running
-                && ui.button("Cancel run").clicked()
-            {
+            if r.job.state == JobState::Running && ui.button("Cancel run").clicked() {
                 app.runs.confirm_cancel = Some(r.job.id);
             }
         });
@@ -216,40 +222,46 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
             .id_salt(("chunks", r.job.id))
             .default_open(r.active && r.chunks.len() <= 12)
             .show(ui, |ui| {
-                egui::Grid::new(("chunk_grid", r.job.id)).striped(true).show(ui, |ui| {
-                    ui.strong("Chunk");
-                    ui.strong("Rows");
-                    ui.strong("State");
-                    ui.strong("Server progress / problem");
-                    ui.end_row();
-                    for c in r.chunks.iter().take(200) {
-                        ui.label(c.id.to_string());
-                        ui.label(c.row_count.to_string());
-                        let (color, word) = match c.state {
-                            ChunkState::Pending => (t.muted, "waiting"),
-                            ChunkState::Submitted => (t.accent, "server working"),
-                            ChunkState::Downloading => (t.accent, "downloading"),
-                            ChunkState::Ingested => (t.ok, "results saved"),
-                            ChunkState::Done => (t.ok, "✔ done"),
-                            ChunkState::Failed => (t.error, "✖ failed"),
-                            ChunkState::Cancelled => (t.muted, "cancelled"),
-                        };
-                        ui.colored_label(color, word);
-                        let live = r.progress.iter().find(|(id, _)| *id == c.id).map(|(_, s)| s.as_str());
-                        match (&c.last_error, live.or(c.progress.as_deref())) {
-                            (Some(e), _) if c.state == ChunkState::Failed => {
-                                ui.colored_label(t.error, e);
-                            }
-                            (_, Some(p)) => {
-                                ui.label(p);
-                            }
-                            _ => {
-                                ui.label("");
-                            }
-                        }
+                egui::Grid::new(("chunk_grid", r.job.id))
+                    .striped(true)
+                    .show(ui, |ui| {
+                        ui.strong("Chunk");
+                        ui.strong("Rows");
+                        ui.strong("State");
+                        ui.strong("Server progress / problem");
                         ui.end_row();
-                    }
-                });
+                        for c in r.chunks.iter().take(200) {
+                            ui.label(c.id.to_string());
+                            ui.label(c.row_count.to_string());
+                            let (color, word) = match c.state {
+                                ChunkState::Pending => (t.muted, "waiting"),
+                                ChunkState::Submitted => (t.accent, "server working"),
+                                ChunkState::Downloading => (t.accent, "downloading"),
+                                ChunkState::Ingested => (t.ok, "results saved"),
+                                ChunkState::Done => (t.ok, "✔ done"),
+                                ChunkState::Failed => (t.error, "✖ failed"),
+                                ChunkState::Cancelled => (t.muted, "cancelled"),
+                            };
+                            ui.colored_label(color, word);
+                            let live = r
+                                .progress
+                                .iter()
+                                .find(|(id, _)| *id == c.id)
+                                .map(|(_, s)| s.as_str());
+                            match (&c.last_error, live.or(c.progress.as_deref())) {
+                                (Some(e), _) if c.state == ChunkState::Failed => {
+                                    ui.colored_label(t.error, e);
+                                }
+                                (_, Some(p)) => {
+                                    ui.label(p);
+                                }
+                                _ => {
+                                    ui.label("");
+                                }
+                            }
+                            ui.end_row();
+                        }
+                    });
                 if r.chunks.len() > 200 {
                     ui.label(format!("… and {} more chunks", r.chunks.len() - 200));
                 }

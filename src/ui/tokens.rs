@@ -60,7 +60,11 @@ pub const DARK: Tokens = Tokens {
 
 /// The tokens of the theme `ui` is drawn in.
 pub fn of(ui: &egui::Ui) -> &'static Tokens {
-    if ui.visuals().dark_mode { &DARK } else { &LIGHT }
+    if ui.visuals().dark_mode {
+        &DARK
+    } else {
+        &LIGHT
+    }
 }
 
 impl Tokens {
@@ -98,7 +102,7 @@ pub fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Review(ReviewReason::Probable) => "? probable",
         Outcome::Review(ReviewReason::Possible) => "?? possible",
         Outcome::Review(ReviewReason::CertainDisagrees) => "⚠ certain, but disagrees",
-        Outcome::NoMatch => "∅ no match",
+        Outcome::NoMatch => "○ no match",
         Outcome::Error => "✖ error",
     }
 }
