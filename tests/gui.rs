@@ -63,18 +63,33 @@ fn snapshot(h: &mut Harness<'static, MatchdeskApp>, name: &str) {
 
 /// Click the navigation (or tab) button whose label starts with `label` (labels carry counts).
 fn nav(h: &mut Harness<'static, MatchdeskApp>, label: &str) {
-    let node = h
-        .query_all_by_label_contains(label)
+    // Like a user, move the pointer onto the button for a frame before pressing it: a tooltip
+    // left over from the previous click must be gone (it would catch the press otherwise).
+    find_button(h, label).hover();
+    h.step();
+    find_button(h, label).click();
+    h.step();
+    h.step();
+}
+
+fn find_button<'h>(
+    h: &'h Harness<'static, MatchdeskApp>,
+    label: &'h str,
+) -> egui_kittest::Node<'h> {
+    h.query_all_by_label_contains(label)
         .find(|n| {
             n.accesskit_node().role() != egui::accesskit::Role::Label
                 && n.accesskit_node()
                     .label()
                     .is_some_and(|l| l.starts_with(label))
         })
-        .unwrap_or_else(|| panic!("no button {label:?}"));
-    node.click();
-    h.step();
-    h.step();
+        .unwrap_or_else(|| {
+            let seen: Vec<String> = h
+                .query_all_by_label_contains("")
+                .filter_map(|n| n.accesskit_node().label())
+                .collect();
+            panic!("no button {label:?}; the screen shows: {seen:?}")
+        })
 }
 
 #[test]

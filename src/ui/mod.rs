@@ -343,7 +343,13 @@ impl MatchdeskApp {
                             ("✔", t.ok)
                         };
                         ui.colored_label(color, sym);
-                        ui.add(egui::Label::new(&m.text).wrap());
+                        // Wrap the text in what is left after the Dismiss button: an overlong
+                        // row would widen everything below it past the window's edge.
+                        let button = if m.error { 80.0 } else { 0.0 };
+                        let width = (ui.available_width() - button).max(120.0);
+                        ui.allocate_ui(egui::vec2(width, 0.0), |ui| {
+                            ui.add(egui::Label::new(&m.text).wrap());
+                        });
                         if m.error && ui.small_button("Dismiss").clicked() {
                             dismiss = Some(i);
                         }

@@ -220,7 +220,7 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
         let done = r.chunks.iter().filter(|c| c.state.is_terminal()).count();
         egui::CollapsingHeader::new(format!("Chunks ({done} of {} done)", r.chunks.len()))
             .id_salt(("chunks", r.job.id))
-            .default_open(r.active && r.chunks.len() <= 12)
+            .default_open(r.chunks.len() <= 12)
             .show(ui, |ui| {
                 egui::Grid::new(("chunk_grid", r.job.id))
                     .striped(true)
