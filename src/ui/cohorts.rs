@@ -216,13 +216,17 @@ fn draft_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
         }
     });
     ui.add_space(4.0);
-    ui.label("Columns: check what each column of the file holds. Columns set to \"(ignore)\" are not imported.");
+    ui.label(format!(
+        "Columns: check what each of the file's {} columns holds (scroll sideways for more). Columns set to \"(ignore)\" are not imported.",
+        d.preview.headers.len()
+    ));
     let headers = d.preview.headers.clone();
     let rows = d.preview.rows.clone();
     let mut changed = false;
     egui::ScrollArea::horizontal()
         .id_salt("mapping")
         .max_height(260.0)
+        .scroll_bar_visibility(egui::scroll_area::ScrollBarVisibility::AlwaysVisible)
         .show(ui, |ui| {
             egui::Grid::new("mapping_grid")
                 .striped(true)
