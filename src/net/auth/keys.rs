@@ -245,7 +245,8 @@ impl std::fmt::Debug for LoadedKey {
 impl LoadedKey {
     /// Load the private key at `path` (PEM: PKCS#8, SEC1 or PKCS#1; or a private JWK / JWKS).
     /// On unix, a file that group or others may read is refused. `kid` empty = the JWK's `kid`,
-    /// else the key's thumbprint; `alg` `None` = the JWK's `alg`, else inferred from the key.
+    /// else the `kid` in the `<name>.jwks.json` that `keys generate` wrote beside
+    /// `<name>.private.pem` (if it holds this key), else the key's thumbprint; `alg` `None` = the JWK's `alg`, else inferred from the key.
     pub fn from_file(
         path: &Path,
         kid: &str,
@@ -275,10 +276,17 @@ impl LoadedKey {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_err)?;
-        Self::from_text(&text, kid, alg).map_err(|problem| AuthError::KeyFormat {
+        let mut key = Self::from_text(&text, kid, alg).map_err(|problem| AuthError::KeyFormat {
             path: path.to_path_buf(),
             problem,
-        })
+        })?;
+        if kid.trim().is_empty()
+            && !text.trim_start().starts_with('{')
+            && let Some(k) = sibling_kid(path, &key.public)
+        {
+            key.kid = k;
+        }
+        Ok(key)
     }
 
     /// Parse key text (see [`from_file`](Self::from_file)); errors are plain-language problems.
@@ -382,6 +390,23 @@ impl LoadedKey {
     }
 }
 
+/// The `kid` of `<name>.private.pem` from the `<name>.jwks.json` that [`generate`] wrote next to
+/// it, if that set holds this very public key.
+fn sibling_kid(path: &Path, public: &PublicKey) -> Option<String> {
+    let name = path.file_name()?.to_str()?;
+    let stem = name.strip_suffix(".private.pem")?;
+    let jwks = path.with_file_name(format!("{stem}.jwks.json"));
+    let text = std::fs::read_to_string(jwks).ok()?;
+    let set: Value = serde_json::from_str(&text).ok()?;
+    set.get("keys")?
+        .as_array()?
+        .iter()
+        .find(|k| PublicKey::from_jwk(k).ok().as_ref() == Some(public))
+        .and_then(|k| k.get("kid")?.as_str())
+        .filter(|k| !k.is_empty())
+        .map(str::to_string)
+}
+
 /// Refuse key files that group or others may access (unix).
 #[cfg(unix)]
 fn check_private(path: &Path, meta: &std::fs::Metadata) -> Result<(), AuthError> {
@@ -469,7 +494,9 @@ fn parse_jwk_file(
         Some(keys) => {
             let private: Vec<&Value> = keys.iter().filter(|k| k.get("d").is_some()).collect();
             let want = kid.trim();
-            let chosen: Vec<&Value> = if want.is_empty() {
+            // One private key: that one (the profile's kid, if any, names it at the IIS).
+            // Several: the one with the profile's kid.
+            let chosen: Vec<&Value> = if want.is_empty() || private.len() == 1 {
                 private
             } else {
                 private

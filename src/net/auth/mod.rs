@@ -43,8 +43,9 @@ pub struct SmartConfig {
     pub client_id: String,
     /// The private key file (PEM or JWK). Only the path is stored, never the key.
     pub key_path: PathBuf,
-    /// Key id (`kid`) registered with the IIS; empty = from the JWK file, else the key's
-    /// RFC 7638 thumbprint (what `matchdesk keys generate` uses).
+    /// Key id (`kid`) registered with the IIS; empty = from the JWK file, else from the
+    /// `<name>.jwks.json` that `matchdesk keys generate` wrote beside `<name>.private.pem`, else
+    /// the key's RFC 7638 thumbprint.
     pub kid: String,
     /// Signing algorithm; `None` = inferred from the key (EC P-384 → ES384, P-521 → ES512,
     /// RSA → RS384).

@@ -144,6 +144,9 @@ fn generated_files_are_private_and_the_jwks_is_public_only() {
         assert!(k.get(private).is_none(), "{private} leaked into the JWKS");
     }
     assert!(keys::read_jwks(&g.jwks).is_ok());
+    // Without a kid in the profile, the one in the JWKS beside the key is used.
+    assert_eq!(load(&g.private_key).kid(), "clinic-2026");
+    assert_eq!(load(&g.private_key).alg(), SigningAlg::Rs384);
 
     // Never overwrites a key.
     let err = keys::generate(SigningAlg::Es384, Some("clinic-2026"), &out).unwrap_err();

@@ -323,7 +323,7 @@ impl SmartToken {
                     .as_ref()
                     .and_then(|v| v.get("error_description"))
                     .and_then(Value::as_str)
-                    .map(|d| truncate_chars(d.trim().to_string(), 300))
+                    .map(|d| truncate_chars(d.trim().trim_end_matches('.').to_string(), 300))
                     .filter(|d| !d.is_empty());
                 return Err(AuthError::OAuth {
                     kind: OAuthErrorKind::parse(code),
