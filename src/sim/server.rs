@@ -619,7 +619,11 @@ impl AppState {
     /// Count an `Authorization` header and check it where one is required: `Ok(Some(client))`
     /// for a SMART client, `Ok(None)` when no check applies or the static token matched,
     /// `Err(response)` (`401`/`403`) to refuse the request.
-    fn authorize(&self, headers: &HeaderMap, is_file: bool) -> Result<Option<String>, Response> {
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        is_file: bool,
+    ) -> Result<Option<String>, Box<Response>> {
         let presented = headers.get(header::AUTHORIZATION);
         if presented.is_some() {
             bump(&self.counters.requests_with_authorization);
@@ -645,7 +649,7 @@ impl AppState {
                         header::WWW_AUTHENTICATE,
                         HeaderValue::from_static(challenge),
                     );
-                    Err(r)
+                    Err(Box::new(r))
                 }
                 Err(Denied::Forbidden(text)) => {
                     bump(&self.counters.forbidden_403);
@@ -654,7 +658,7 @@ impl AppState {
                         header::WWW_AUTHENTICATE,
                         HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
                     );
-                    Err(r)
+                    Err(Box::new(r))
                 }
             };
         }
@@ -679,7 +683,7 @@ impl AppState {
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Err(r)
+        Err(Box::new(r))
     }
 
     /// A job visible to `client`: another SMART client's job is as good as unknown.
@@ -865,7 +869,7 @@ async fn kickoff(
     }
     let client = match st.authorize(&headers, false) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if st.dice.chance(faults.storm_429) {
         return st.throttled(
@@ -1038,7 +1042,7 @@ async fn status(
     }
     let client = match st.authorize(&headers, false) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if st.dice.chance(faults.storm_429) {
         return st.throttled(
@@ -1152,7 +1156,7 @@ async fn delete_job(
     bump(&st.counters.deletes);
     let client = match st.authorize(&headers, false) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if st.owned_job(&id, &client).is_none() {
         return st.job_gone();
@@ -1290,7 +1294,7 @@ async fn download(
     }
     let client = match st.authorize(&headers, true) {
         Ok(c) => c,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     if st.dice.chance(faults.error_rate) {
         return st.injected_error();
