@@ -1846,9 +1846,20 @@ mod tests {
         assert_eq!(r.status(), 400);
         let r = kick(&c, &srv, &params(&[], &[])).await;
         assert_eq!(r.status(), 400);
-        // Unknown route: 404 OperationOutcome.
+        // The CapabilityStatement exists (public).
         let r = c
             .get(format!("{}/metadata", srv.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["resourceType"],
+            "CapabilityStatement"
+        );
+        // Unknown route: 404 OperationOutcome.
+        let r = c
+            .get(format!("{}/Observation", srv.base_url))
             .send()
             .await
             .unwrap();
