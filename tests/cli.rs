@@ -1,6 +1,7 @@
 //! The command-line contract, driven through the real `matchdesk` binary: the first line of
 //! `sim`, `generate`, `import` with bad rows (exit 3), `match` resuming, `report --json` and
-//! `--export`.
+//! `--export`, and the SMART commands (`keys generate`, `sim --smart-jwks`, `test-connection`,
+//! `match --auth smart`).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -217,4 +218,101 @@ fn workspace_file_is_private() {
     assert_eq!(code, 0, "{err}");
     let mode = std::fs::metadata(&db).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
+}
+
+#[test]
+fn keys_generate_sim_with_smart_test_connection_and_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let (code, out, err) = run(&[
+        "generate",
+        "--patients",
+        "400",
+        "--seed",
+        "5",
+        "--registry-out",
+        &p("registry.csv"),
+        "--cohort-out",
+        &p("cohort.csv"),
+        "--cohort-size",
+        "30",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = run(&["keys", "generate", "--kid", "clinic", "--out", &p("keys")]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("clinic.private.pem") && out.contains("clinic.jwks.json"),
+        "{out}"
+    );
+    let key = p("keys/clinic.private.pem");
+    let sim = start_sim(
+        &dir.path().join("registry.csv"),
+        &[
+            "--smart-jwks",
+            &p("keys/clinic.jwks.json"),
+            "--smart-client-id",
+            "clinic-app",
+            "--files-need-token",
+        ],
+    );
+    let (code, out, err) = run(&[
+        "test-connection",
+        "--server",
+        &sim.1,
+        "--client-id",
+        "clinic-app",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("[ok  ]").count(), 4, "{out}");
+    assert!(
+        out.contains("key id \"clinic\""),
+        "kid from the JWKS beside the key: {out}"
+    );
+
+    // Without authorization the match fails (exit 1); with it, it completes.
+    let (code, _, _) = run(&[
+        "match",
+        "--db",
+        &p("a.db"),
+        "--server",
+        &sim.1,
+        "--plain",
+        &p("cohort.csv"),
+    ]);
+    assert_eq!(code, 1);
+    let (code, out, err) = run(&[
+        "match",
+        "--db",
+        &p("b.db"),
+        "--server",
+        &sim.1,
+        "--plain",
+        "--auth",
+        "smart",
+        "--client-id",
+        "clinic-app",
+        "--key",
+        &key,
+        &p("cohort.csv"),
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("completed"), "{out}");
+
+    // A wrong client id: the failing step and the advice are printed, exit 1.
+    let (code, out, _) = run(&[
+        "test-connection",
+        "--server",
+        &sim.1,
+        "--client-id",
+        "someone",
+        "--key",
+        &key,
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("[FAIL] Access token") && out.contains("invalid_client"),
+        "{out}"
+    );
 }

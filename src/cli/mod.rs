@@ -13,13 +13,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use matchdesk::domain::{JobState, MatchOptions};
 use matchdesk::engine::{DEFAULT_CHUNK_SIZE, Engine, EngineConfig, EventSink, JobEvent};
 use matchdesk::import::Mapping;
 use matchdesk::matching::TriageRules;
+use matchdesk::net::auth::{self, SigningAlg, SmartConfig, SmartToken};
 use matchdesk::net::{CancelFlag, StaticToken, TokenSource};
 use matchdesk::sim::{self, faults::Faults, registry::Registry, server::SimConfig};
 
@@ -66,6 +67,143 @@ enum Command {
     Cancel(CancelArgs),
     /// Run the performance benchmarks and print the figures (see docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
+    /// Key pairs for SMART Backend Services (see docs/AUTH.md).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Check SMART Backend Services settings step by step against a server (sends no patient data).
+    TestConnection(TestConnectionArgs),
+}
+
+#[derive(Subcommand, Debug)]
+enum KeysCommand {
+    /// Generate a key pair: <kid>.private.pem (readable only by you) and <kid>.jwks.json (the
+    /// public key set to give the IIS when registering).
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Args, Debug)]
+struct KeysGenerateArgs {
+    /// Signing algorithm: es384 (default), rs384, es512 or rs512.
+    #[arg(long, default_value = "es384")]
+    alg: String,
+    /// Key id (default: the key's RFC 7638 thumbprint).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Folder to write the two files into (created if missing).
+    #[arg(long, default_value = ".")]
+    out: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AuthMode {
+    /// SMART Backend Services: a signed assertion with your private key buys an access token.
+    Smart,
+}
+
+/// SMART Backend Services settings of a server profile.
+#[derive(Args, Debug, Default, Clone)]
+struct SmartArgs {
+    /// Client id the IIS assigned at registration.
+    #[arg(long, env = "MATCHDESK_CLIENT_ID")]
+    client_id: Option<String>,
+    /// Private key file (PEM or JWK), readable only by you (chmod 600).
+    #[arg(long, env = "MATCHDESK_KEY")]
+    key: Option<PathBuf>,
+    /// Key id (kid) registered with the IIS (default: from a JWK file, else the key's thumbprint).
+    #[arg(long)]
+    kid: Option<String>,
+    /// Signing algorithm (default: from the key: ES384 for P-384, ES512 for P-521, RS384 for RSA).
+    #[arg(long)]
+    alg: Option<String>,
+    /// Space-separated scopes to request.
+    #[arg(long, default_value = auth::DEFAULT_SCOPES)]
+    scope: String,
+    /// Token endpoint (default: discovered from [server]/.well-known/smart-configuration).
+    #[arg(long)]
+    token_endpoint: Option<String>,
+    /// Optional `jku` header: where the IIS can fetch your public JWKS.
+    #[arg(long)]
+    jku: Option<String>,
+}
+
+impl SmartArgs {
+    fn config(&self) -> Result<SmartConfig> {
+        let client_id = self
+            .client_id
+            .clone()
+            .filter(|c| !c.trim().is_empty())
+            .ok_or_else(|| {
+                anyhow!("SMART authorization needs --client-id (the client id the IIS gave you)")
+            })?;
+        let key_path = self.key.clone().ok_or_else(|| {
+            anyhow!("SMART authorization needs --key (your private key file; create one with `matchdesk keys generate`)")
+        })?;
+        let alg = self
+            .alg
+            .as_deref()
+            .map(str::parse::<SigningAlg>)
+            .transpose()?;
+        Ok(SmartConfig {
+            client_id,
+            key_path,
+            kid: self.kid.clone().unwrap_or_default(),
+            alg,
+            scopes: self.scope.clone(),
+            token_endpoint: self.token_endpoint.clone().filter(|t| !t.trim().is_empty()),
+            jku: self.jku.clone().filter(|t| !t.trim().is_empty()),
+        })
+    }
+}
+
+/// How match and cancel authenticate: a token from the environment, or SMART.
+#[derive(Args, Debug)]
+struct AuthArgs {
+    /// Name of an environment variable holding a bearer token for this server.
+    #[arg(long, conflicts_with = "auth")]
+    token_env: Option<String>,
+    /// Authorization scheme: `smart` (SMART Backend Services; needs --client-id and --key).
+    #[arg(long, value_enum)]
+    auth: Option<AuthMode>,
+    #[command(flatten)]
+    smart: SmartArgs,
+}
+
+impl AuthArgs {
+    /// The token source for the FHIR base `server`, if any.
+    fn token_source(&self, server: &str) -> Result<Option<Arc<dyn TokenSource>>> {
+        if let Some(var) = &self.token_env {
+            let t = std::env::var(var).with_context(|| {
+                format!("the environment variable {var} (from --token-env) is not set")
+            })?;
+            return Ok(Some(Arc::new(StaticToken::new(t))));
+        }
+        match self.auth {
+            Some(AuthMode::Smart) => {
+                let cfg = self.smart.config()?;
+                let base = url::Url::parse(server.trim())
+                    .with_context(|| format!("the server address {server:?} is not a URL"))?;
+                let src = SmartToken::new(&base, &cfg)?;
+                Ok(Some(Arc::new(src)))
+            }
+            None => {
+                if self.smart.client_id.is_some() && self.smart.key.is_some() {
+                    bail!(
+                        "--client-id and --key are set but not --auth smart; add --auth smart to use SMART Backend Services"
+                    );
+                }
+                Ok(None)
+            }
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct TestConnectionArgs {
+    /// FHIR base URL of the IIS.
+    #[arg(long, env = "MATCHDESK_SERVER")]
+    server: String,
+    #[command(flatten)]
+    smart: SmartArgs,
 }
 
 #[derive(Args, Debug)]
@@ -139,9 +277,25 @@ struct SimArgs {
     /// Patients matched per second (default: as fast as possible).
     #[arg(long)]
     rate: Option<usize>,
-    /// Require this bearer token on every request (a stand-in until SMART auth).
-    #[arg(long, env = "MATCHDESK_SIM_TOKEN")]
+    /// Require this bearer token on every request (a simple stand-in for SMART auth).
+    #[arg(long, env = "MATCHDESK_SIM_TOKEN", conflicts_with = "smart_jwks")]
     require_token: Option<String>,
+    /// SMART Backend Services mode: the registered client's public JWKS (a file, or an
+    /// http(s) URL the sim fetches at each token request).
+    #[arg(long, requires = "smart_client_id")]
+    smart_jwks: Option<String>,
+    /// SMART Backend Services mode: the registered client's id.
+    #[arg(long, requires = "smart_jwks")]
+    smart_client_id: Option<String>,
+    /// Scopes the registered client may be granted.
+    #[arg(long, default_value = sim::auth::SIM_SCOPES)]
+    smart_scopes: String,
+    /// Lifetime of issued access tokens in seconds (short ones exercise renewal).
+    #[arg(long, default_value_t = 300)]
+    token_lifetime: u64,
+    /// Output files need the access token too (requiresAccessToken=true in manifests).
+    #[arg(long)]
+    files_need_token: bool,
 }
 
 #[derive(Args, Debug)]
@@ -214,9 +368,8 @@ struct MatchArgs {
     /// Triage rules (JSON, see docs/MATCHING.md) for this server.
     #[arg(long)]
     rules: Option<PathBuf>,
-    /// Name of an environment variable holding a bearer token for this server.
-    #[arg(long)]
-    token_env: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Don't draw progress bars (plain lines), even on a terminal.
     #[arg(long)]
     plain: bool,
@@ -243,8 +396,8 @@ struct CancelArgs {
     /// The job number (see `matchdesk report`).
     #[arg(long)]
     job: i64,
-    #[arg(long)]
-    token_env: Option<String>,
+    #[command(flatten)]
+    auth: AuthArgs,
     /// Why (recorded in the audit log).
     #[arg(long)]
     why: Option<String>,
@@ -353,6 +506,8 @@ async fn run(cli: Cli) -> Result<u8> {
         Command::Report(a) => report_cmd(a),
         Command::Cancel(a) => cancel_cmd(a).await,
         Command::Bench(a) => bench::run(a).await,
+        Command::Keys(KeysCommand::Generate(a)) => keys_generate_cmd(a),
+        Command::TestConnection(a) => test_connection_cmd(a).await,
     }
 }
 
@@ -381,14 +536,35 @@ async fn sim_cmd(a: SimArgs) -> Result<u8> {
                 .context("generating the registry")?
         }
     };
+    let smart = match (&a.smart_jwks, &a.smart_client_id) {
+        (Some(jwks), Some(client_id)) => {
+            let is_url = jwks.starts_with("https://") || jwks.starts_with("http://");
+            let (jwks, jwks_url) = if is_url {
+                (serde_json::json!({ "keys": [] }), Some(jwks.clone()))
+            } else {
+                (auth::keys::read_jwks(Path::new(jwks))?, None)
+            };
+            Some(sim::auth::SmartSimConfig {
+                clients: vec![sim::auth::SimClient {
+                    client_id: client_id.clone(),
+                    jwks,
+                    jwks_url,
+                    scopes: a.smart_scopes.clone(),
+                }],
+                token_lifetime: Duration::from_secs(a.token_lifetime.max(1)),
+            })
+        }
+        _ => None,
+    };
     let cfg = SimConfig {
         resource_limit: a.resource_limit,
         min_poll_interval: Duration::from_millis(a.min_poll_interval_ms),
         retry_after_secs: a.retry_after,
         processing_rate: a.rate,
         faults,
-        requires_access_token: a.require_token.is_some(),
+        requires_access_token: a.require_token.is_some() || a.files_need_token,
         require_token: a.require_token,
+        smart,
         ..SimConfig::default()
     };
     let patients = registry.len();
@@ -401,6 +577,12 @@ async fn sim_cmd(a: SimArgs) -> Result<u8> {
         "simulated IIS with {patients} patients; kick-off at {}; press Ctrl-C to stop",
         server.kickoff_url()
     );
+    if let Some(t) = server.token_url() {
+        eprintln!(
+            "SMART Backend Services on: token endpoint {t}, discovery at {}/.well-known/smart-configuration",
+            server.base_url
+        );
+    }
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = wait_forever() => {}
@@ -525,15 +707,7 @@ async fn match_cmd(a: MatchArgs) -> Result<u8> {
         }
         None => TriageRules::default(),
     };
-    let token: Option<Arc<dyn TokenSource>> = match &a.token_env {
-        Some(var) => {
-            let t = std::env::var(var).with_context(|| {
-                format!("the environment variable {var} (from --token-env) is not set")
-            })?;
-            Some(Arc::new(StaticToken::new(t)))
-        }
-        None => None,
-    };
+    let token = a.auth.token_source(&a.server)?;
     let cfg = EngineConfig {
         chunk_size: a.chunk_size.max(1),
         concurrency: a.concurrency.max(1),
@@ -700,17 +874,50 @@ fn report_cmd(a: ReportArgs) -> Result<u8> {
 
 async fn cancel_cmd(a: CancelArgs) -> Result<u8> {
     let db = a.db.path()?;
-    let token: Option<Arc<dyn TokenSource>> = match &a.token_env {
-        Some(var) => Some(Arc::new(StaticToken::new(
-            std::env::var(var)
-                .with_context(|| format!("the environment variable {var} is not set"))?,
-        ))),
-        None => None,
-    };
     let engine = open_engine(&db, EngineConfig::default())?;
+    let server = engine.store()?.job(a.job)?.server_url;
+    let token = a.auth.token_source(&server)?;
     engine.cancel_job(a.job, token, a.why.as_deref()).await?;
     println!("job {} cancelled", a.job);
     Ok(0)
+}
+
+fn keys_generate_cmd(a: KeysGenerateArgs) -> Result<u8> {
+    let alg: SigningAlg = a.alg.parse()?;
+    let g = auth::keys::generate(alg, a.kid.as_deref(), &a.out)?;
+    println!("generated a {} key pair with key id {}", g.alg, g.kid);
+    println!(
+        "private key (keep it secret, readable only by you): {}",
+        g.private_key.display()
+    );
+    println!(
+        "public key set (give this to the IIS when registering): {}",
+        g.jwks.display()
+    );
+    println!(
+        "next: register {} with the IIS, then: matchdesk test-connection --server URL --client-id ID --key {} --kid {}",
+        g.jwks.display(),
+        g.private_key.display(),
+        g.kid
+    );
+    Ok(0)
+}
+
+async fn test_connection_cmd(a: TestConnectionArgs) -> Result<u8> {
+    let cfg = a.smart.config()?;
+    let base = url::Url::parse(a.server.trim())
+        .with_context(|| format!("the server address {:?} is not a URL", a.server))?;
+    let report = auth::test_connection(&base, &cfg).await;
+    for step in &report.steps {
+        let mark = if step.ok { "ok  " } else { "FAIL" };
+        println!("[{mark}] {}: {}", step.what, step.detail);
+    }
+    if report.ok() {
+        println!("the connection works");
+        Ok(0)
+    } else {
+        Ok(1)
+    }
 }
 
 /// Renders [`JobEvent`]s as progress bars on a terminal, or as plain lines otherwise.

@@ -9,7 +9,9 @@
 //! * [`security`]: HTTPS enforcement (plain HTTP only to loopback), token scoping by origin,
 //!   URL redaction, the [`TokenSource`] abstraction;
 //! * [`lines`]: incremental, memory-bounded ndjson line splitting;
-//! * [`client`]: the client itself.
+//! * [`client`]: the client itself;
+//! * [`auth`]: SMART Backend Services authorization (signed client assertions, access tokens,
+//!   key generation, connection test).
 //!
 //! Errors are [`NetError`]s whose messages tell a user what happened and what to do; they never
 //! contain tokens, URL query strings (signed URLs carry credentials there) or patient data.
@@ -25,6 +27,7 @@ use url::Url;
 use crate::domain::RowIssue;
 use crate::fhir::manifest::Manifest;
 
+pub mod auth;
 pub mod client;
 pub mod lines;
 pub mod retry;
@@ -32,6 +35,7 @@ pub mod security;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{AuthError, SigningAlg, SmartConfig, SmartToken};
 pub use client::BulkMatchClient;
 pub use retry::{Backoff, Jitter, RetryConfig, parse_retry_after};
 pub use security::{StaticToken, TokenSource, check_base_url, redact_url, same_origin};
@@ -115,6 +119,11 @@ pub enum NetError {
         "the server refused the credentials ({status}): {message}; check the access token and its scopes"
     )]
     Auth { status: u16, message: String },
+    /// Getting an access token failed (SMART Backend Services): the key, the settings, the
+    /// token endpoint or an OAuth error. Retryable only when the token endpoint was unreachable
+    /// or overloaded.
+    #[error(transparent)]
+    Authorization(Box<auth::AuthError>),
     #[error("the server's status endpoint failed {times} times in a row: {last}")]
     StatusFailing { times: u32, last: Box<NetError> },
     #[error(
@@ -153,14 +162,17 @@ impl NetError {
     /// transient server errors). Exhausted retries keep the classification: the *engine* may
     /// still try again on a longer time scale.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            NetError::Connect { .. }
-                | NetError::Timeout { .. }
-                | NetError::Interrupted { .. }
-                | NetError::Throttled { .. }
-                | NetError::Server { .. }
-        )
+        match self {
+            NetError::Authorization(e) => e.is_transient(),
+            _ => matches!(
+                self,
+                NetError::Connect { .. }
+                    | NetError::Timeout { .. }
+                    | NetError::Interrupted { .. }
+                    | NetError::Throttled { .. }
+                    | NetError::Server { .. }
+            ),
+        }
     }
 
     /// The same error, recording how many retries preceded it.

@@ -6,8 +6,8 @@
 //! URLs only when the manifest says `requiresAccessToken` *and* the file is on that origin, and
 //! never across a redirect to another origin. URLs are redacted (no query string, no user info)
 //! before they appear in errors or logs, because signed file URLs carry credentials there.
-//! [`TokenSource`] abstracts where tokens come from (a static token now, SMART backend services
-//! later).
+//! [`TokenSource`] abstracts where tokens come from (a static token, or SMART Backend Services:
+//! [`crate::net::auth::SmartToken`]).
 
 use std::net::IpAddr;
 use std::time::Duration;

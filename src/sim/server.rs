@@ -12,7 +12,9 @@
 //!
 //! Endpoints under `{base}` (= `http://HOST:PORT/fhir`):
 //! `POST Patient/$bulk-match`, `GET|DELETE $bulk-match-status/{job}`,
-//! `GET $bulk-match-output/{job}/{n}.ndjson`. See `docs/SIMULATED_IIS.md`.
+//! `GET $bulk-match-output/{job}/{n}.ndjson`, `GET metadata`; in SMART mode also
+//! `GET .well-known/smart-configuration` and `POST /auth/token` (see [`crate::sim::auth`]).
+//! See `docs/SIMULATED_IIS.md`.
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -41,6 +43,7 @@ use tower_http::compression::CompressionLayer;
 use crate::domain::Demographics;
 use crate::fhir::patient::{from_patient, to_patient};
 use crate::matching::GradeThresholds;
+use crate::sim::auth::{Denied, SmartSimConfig, SmartState};
 use crate::sim::faults::{FaultDice, Faults};
 use crate::sim::registry::{Registry, SearchOptions};
 
@@ -88,6 +91,11 @@ pub struct SimConfig {
     /// Serve output files from a second listener (same IP, free port, path `/files`) and
     /// advertise that origin in manifests. Overrides `file_base_url`.
     pub separate_file_listener: bool,
+    /// SMART Backend Services mode: registered clients and token lifetime. When set, kick-off,
+    /// status and DELETE (and files, when `requires_access_token`) need an access token from
+    /// this server's token endpoint (`require_token` is then ignored), and a job belongs to the
+    /// client that started it (others get `404`).
+    pub smart: Option<SmartSimConfig>,
 }
 
 impl Default for SimConfig {
@@ -105,6 +113,7 @@ impl Default for SimConfig {
             requires_access_token: false,
             file_base_url: None,
             separate_file_listener: false,
+            smart: None,
         }
     }
 }
@@ -152,6 +161,12 @@ pub struct SimStats {
     pub dropped_connections: u64,
     /// Output files deliberately cut short.
     pub truncated_files: u64,
+    /// Token endpoint requests received (SMART mode).
+    pub token_requests: u64,
+    /// Access tokens issued (SMART mode).
+    pub tokens_issued: u64,
+    /// `403` responses sent (token without the needed scope).
+    pub forbidden_403: u64,
 }
 
 #[derive(Default)]
@@ -168,6 +183,9 @@ struct Counters {
     injected_errors: AtomicU64,
     dropped_connections: AtomicU64,
     truncated_files: AtomicU64,
+    token_requests: AtomicU64,
+    tokens_issued: AtomicU64,
+    forbidden_403: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -190,6 +208,9 @@ impl Counters {
             injected_errors: g(&self.injected_errors),
             dropped_connections: g(&self.dropped_connections),
             truncated_files: g(&self.truncated_files),
+            token_requests: g(&self.token_requests),
+            tokens_issued: g(&self.tokens_issued),
+            forbidden_403: g(&self.forbidden_403),
         }
     }
 }
@@ -214,6 +235,8 @@ struct Job {
     failure: OnceLock<String>,
     complete_polls: AtomicU64,
     downloaded: Mutex<HashSet<usize>>,
+    /// The SMART client that started the job (SMART mode).
+    owner: Option<String>,
 }
 
 struct AppState {
@@ -224,6 +247,7 @@ struct AppState {
     jobs: Mutex<HashMap<String, Arc<Job>>>,
     counters: Counters,
     dice: FaultDice,
+    smart: Option<SmartState>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -257,6 +281,19 @@ impl SimServer {
     /// Jobs currently held (running or finished, not yet deleted or expired).
     pub fn job_count(&self) -> usize {
         lock(&self.state.jobs).len()
+    }
+
+    /// The token endpoint (SMART mode), e.g. `http://127.0.0.1:PORT/auth/token`.
+    pub fn token_url(&self) -> Option<String> {
+        self.state.smart.as_ref().map(|s| s.token_url.clone())
+    }
+
+    /// Revoke every access token issued so far (SMART mode): the next request with one gets
+    /// `401`.
+    pub fn revoke_tokens(&self) {
+        if let Some(s) = &self.state.smart {
+            s.revoke_all();
+        }
     }
 
     /// Stop accepting connections, let in-flight requests finish (at most 5 s), then return.
@@ -322,8 +359,16 @@ pub async fn start(
             .unwrap_or_else(|| base_url.clone())
     };
 
+    let smart = match &cfg.smart {
+        Some(sc) => Some(
+            SmartState::new(sc, format!("http://{}/auth/token", advertised(local_addr)))
+                .map_err(SimError::Config)?,
+        ),
+        None => None,
+    };
     let state = Arc::new(AppState {
         registry,
+        smart,
         dice: FaultDice::new(cfg.faults.seed),
         cfg,
         base_url: base_url.clone(),
@@ -404,9 +449,12 @@ fn router(state: Arc<AppState>) -> Router {
     let fhir = Router::new()
         .route("/Patient/$bulk-match", post(kickoff))
         .route("/$bulk-match-status/{job}", get(status).delete(delete_job))
+        .route("/metadata", get(metadata))
+        .route("/.well-known/smart-configuration", get(smart_configuration))
         .merge(file_routes());
     Router::new()
         .nest("/fhir", fhir)
+        .route("/auth/token", post(token_endpoint))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(axum::middleware::from_fn_with_state(state.clone(), slow))
@@ -568,9 +616,14 @@ impl AppState {
         r
     }
 
-    /// Count an `Authorization` header and check the bearer token when one is required; the
-    /// `401` response when the request must be refused.
-    fn unauthorized(&self, headers: &HeaderMap, is_file: bool) -> Option<Response> {
+    /// Count an `Authorization` header and check it where one is required: `Ok(Some(client))`
+    /// for a SMART client, `Ok(None)` when no check applies or the static token matched,
+    /// `Err(response)` (`401`/`403`) to refuse the request.
+    fn authorize(
+        &self,
+        headers: &HeaderMap,
+        is_file: bool,
+    ) -> Result<Option<String>, Box<Response>> {
         let presented = headers.get(header::AUTHORIZATION);
         if presented.is_some() {
             bump(&self.counters.requests_with_authorization);
@@ -578,10 +631,40 @@ impl AppState {
                 bump(&self.counters.file_requests_with_authorization);
             }
         }
-        let token = self.cfg.require_token.as_ref()?;
         if is_file && !self.cfg.requires_access_token {
-            return None;
+            return Ok(None);
         }
+        if let Some(smart) = &self.smart {
+            return match smart.check_bearer(headers) {
+                Ok(client) => Ok(Some(client)),
+                Err(Denied::Unauthorized(text)) => {
+                    bump(&self.counters.unauthorized_401);
+                    let mut r = self.outcome(StatusCode::UNAUTHORIZED, "login", &text);
+                    let challenge = if presented.is_some() {
+                        "Bearer error=\"invalid_token\""
+                    } else {
+                        "Bearer"
+                    };
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static(challenge),
+                    );
+                    Err(Box::new(r))
+                }
+                Err(Denied::Forbidden(text)) => {
+                    bump(&self.counters.forbidden_403);
+                    let mut r = self.outcome(StatusCode::FORBIDDEN, "forbidden", &text);
+                    r.headers_mut().insert(
+                        header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                    );
+                    Err(Box::new(r))
+                }
+            };
+        }
+        let Some(token) = self.cfg.require_token.as_ref() else {
+            return Ok(None);
+        };
         let ok = presented
             .and_then(|v| v.to_str().ok())
             .and_then(|v| {
@@ -590,7 +673,7 @@ impl AppState {
             })
             .is_some_and(|t| t == token);
         if ok {
-            return None;
+            return Ok(None);
         }
         bump(&self.counters.unauthorized_401);
         let mut r = self.outcome(
@@ -600,7 +683,16 @@ impl AppState {
         );
         r.headers_mut()
             .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        Some(r)
+        Err(Box::new(r))
+    }
+
+    /// A job visible to `client`: another SMART client's job is as good as unknown.
+    fn owned_job(&self, id: &str, client: &Option<String>) -> Option<Arc<Job>> {
+        let job = self.job(id)?;
+        match (&job.owner, client) {
+            (Some(owner), Some(c)) if owner != c => None,
+            _ => Some(job),
+        }
     }
 
     /// Look a job up; `None` if unknown, deleted or expired (expired jobs are removed).
@@ -775,9 +867,10 @@ async fn kickoff(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Some(r) = st.unauthorized(&headers, false) {
-        return r;
-    }
+    let client = match st.authorize(&headers, false) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     if st.dice.chance(faults.storm_429) {
         return st.throttled(
             1,
@@ -858,6 +951,7 @@ async fn kickoff(
         failure: OnceLock::new(),
         complete_polls: AtomicU64::new(0),
         downloaded: Mutex::new(HashSet::new()),
+        owner: client,
     });
     lock(&st.jobs).insert(id.clone(), job.clone());
     bump(&st.counters.jobs_accepted);
@@ -946,9 +1040,10 @@ async fn status(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Some(r) = st.unauthorized(&headers, false) {
-        return r;
-    }
+    let client = match st.authorize(&headers, false) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     if st.dice.chance(faults.storm_429) {
         return st.throttled(
             1,
@@ -966,7 +1061,7 @@ async fn status(
             "A transient problem prevented reporting the status; the job itself is fine. Poll again later.",
         );
     }
-    let Some(job) = st.job(&id) else {
+    let Some(job) = st.owned_job(&id, &client) else {
         return st.job_gone();
     };
 
@@ -1059,8 +1154,12 @@ async fn delete_job(
     headers: HeaderMap,
 ) -> Response {
     bump(&st.counters.deletes);
-    if let Some(r) = st.unauthorized(&headers, false) {
-        return r;
+    let client = match st.authorize(&headers, false) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
+    if st.owned_job(&id, &client).is_none() {
+        return st.job_gone();
     }
     let removed = lock(&st.jobs).remove(&id);
     match removed {
@@ -1077,6 +1176,109 @@ async fn delete_job(
 }
 
 // ---------------------------------------------------------------------------------------------
+// CapabilityStatement, SMART configuration, token endpoint
+// ---------------------------------------------------------------------------------------------
+
+/// `GET metadata`: a small CapabilityStatement. Public; but a bearer token presented in SMART
+/// mode must be valid (`401` otherwise), so a connection test can prove its token works.
+async fn metadata(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    if let Some(smart) = &st.smart
+        && headers.contains_key(header::AUTHORIZATION)
+    {
+        bump(&st.counters.requests_with_authorization);
+        if let Err(Denied::Unauthorized(text)) = smart.check_bearer(&headers) {
+            bump(&st.counters.unauthorized_401);
+            let mut r = st.outcome(StatusCode::UNAUTHORIZED, "login", &text);
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer error=\"invalid_token\""),
+            );
+            return r;
+        }
+    }
+    let mut security = json!({
+        "description": "No authorization required (simulated IIS without SMART mode)."
+    });
+    if let Some(smart) = &st.smart {
+        security = json!({
+            "service": [{
+                "coding": [{
+                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                    "code": "SMART-on-FHIR"
+                }]
+            }],
+            "extension": [{
+                "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+                "extension": [{ "url": "token", "valueUri": smart.token_url }]
+            }],
+            "description": "SMART Backend Services (client_credentials with a signed JWT assertion)."
+        });
+    }
+    let body = json!({
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": Utc::now().to_rfc3339_opts(SecondsFormat::Secs, true),
+        "kind": "instance",
+        "software": { "name": "matchdesk simulated IIS", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Simulated Immunization Information System", "url": st.base_url },
+        "fhirVersion": "4.0.1",
+        "format": ["application/fhir+json"],
+        "rest": [{
+            "mode": "server",
+            "security": security,
+            "resource": [{
+                "type": "Patient",
+                "operation": [{
+                    "name": "bulk-match",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/bulk-match"
+                }]
+            }]
+        }]
+    });
+    json_response(StatusCode::OK, FHIR_JSON, &body)
+}
+
+/// `GET .well-known/smart-configuration` (SMART mode only; `404` otherwise).
+async fn smart_configuration(State(st): State<Arc<AppState>>) -> Response {
+    match &st.smart {
+        Some(smart) => json_response(
+            StatusCode::OK,
+            "application/json",
+            &smart.smart_configuration(),
+        ),
+        None => st.outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "This simulated IIS runs without SMART Backend Services (start it with a registered client to enable them).",
+        ),
+    }
+}
+
+/// `POST /auth/token`: SMART Backend Services token requests.
+async fn token_endpoint(State(st): State<Arc<AppState>>, body: Bytes) -> Response {
+    bump(&st.counters.token_requests);
+    let Some(smart) = &st.smart else {
+        return st.outcome(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            "This simulated IIS runs without SMART Backend Services.",
+        );
+    };
+    let (status, v) = match smart.token(&body).await {
+        Ok(v) => {
+            bump(&st.counters.tokens_issued);
+            (StatusCode::OK, v)
+        }
+        Err(rej) => (rej.status, rej.body),
+    };
+    let mut r = json_response(status, "application/json", &v);
+    let h = r.headers_mut();
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    r
+}
+
+// ---------------------------------------------------------------------------------------------
 // Output files
 // ---------------------------------------------------------------------------------------------
 
@@ -1090,13 +1292,14 @@ async fn download(
     if st.dice.chance(faults.drop_rate) {
         return st.dropped();
     }
-    if let Some(r) = st.unauthorized(&headers, true) {
-        return r;
-    }
+    let client = match st.authorize(&headers, true) {
+        Ok(c) => c,
+        Err(r) => return *r,
+    };
     if st.dice.chance(faults.error_rate) {
         return st.injected_error();
     }
-    let Some(job) = st.job(&id) else {
+    let Some(job) = st.owned_job(&id, &client) else {
         return st.job_gone();
     };
     let file_no = file
@@ -1643,9 +1846,20 @@ mod tests {
         assert_eq!(r.status(), 400);
         let r = kick(&c, &srv, &params(&[], &[])).await;
         assert_eq!(r.status(), 400);
-        // Unknown route: 404 OperationOutcome.
+        // The CapabilityStatement exists (public).
         let r = c
             .get(format!("{}/metadata", srv.base_url))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["resourceType"],
+            "CapabilityStatement"
+        );
+        // Unknown route: 404 OperationOutcome.
+        let r = c
+            .get(format!("{}/Observation", srv.base_url))
             .send()
             .await
             .unwrap();
