@@ -409,3 +409,100 @@ fn restart_resumes_an_interrupted_run_and_says_so() {
     let r = &h.state().snap.runs[0];
     assert_eq!(r.done_rows, 240);
 }
+
+/// The demo IIS in SMART mode: the demo profile signs in with its generated key. The profile
+/// form's "Test connection" walks discovery → token → request, and a whole run goes through
+/// with tokens (the demo IIS answers 401 to any request without one).
+#[test]
+fn smart_sign_in_test_connection_and_a_run_through_the_gui() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = options(dir.path());
+    opts.demo_smart = true;
+    let mut h = Harness::builder()
+        .with_size([1400.0, 900.0])
+        .build_eframe(move |_cc| MatchdeskApp::new(opts, Persisted::default(), Arc::new(|| {})));
+    wait(&mut h, "the workspace and demo IIS", |a| {
+        a.snap.ready && a.snap.demo.is_some() && !a.snap.profiles.is_empty()
+    });
+    let profile = h.state().snap.profiles[0].clone();
+    let matchdesk::app::ProfileAuth::Smart(cfg) = &profile.auth else {
+        panic!("the demo profile does not use SMART: {:?}", profile.auth)
+    };
+    // The private key lives beside the workspace, readable only by the user; the workspace
+    // keeps only its path.
+    assert!(cfg.key_path.starts_with(dir.path().join("keys")));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&cfg.key_path)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "key file mode {mode:o}");
+    }
+    let key_text = std::fs::read_to_string(&cfg.key_path).unwrap();
+    let db_bytes = std::fs::read(dir.path().join("ws.matchdesk")).unwrap();
+    let body: String = key_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    assert!(
+        !String::from_utf8_lossy(&db_bytes).contains(&body[..40]),
+        "the private key is in the workspace"
+    );
+
+    nav(&mut h, "Settings");
+    h.get_by_label("Edit Demo IIS (built in)").click();
+    h.step();
+    h.step();
+    h.get_by_label_contains("SMART Backend Services");
+    h.get_by_label("Test connection").click();
+    let start = Instant::now();
+    while h
+        .query_by_label_contains("Connection test passed")
+        .is_none()
+    {
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(
+            h.query_by_label_contains("Connection test failed")
+                .is_none(),
+            "the connection test failed"
+        );
+        assert!(start.elapsed() < Duration::from_secs(30), "no test result");
+    }
+    h.get_by_label("✔ Access token");
+    snapshot(&mut h, "11_settings_smart");
+    h.get_by_label("Cancel").click();
+    h.step();
+
+    // A run: import the sample cohort and match it with SMART sign-in.
+    nav(&mut h, "Cohorts");
+    h.get_by_label("Use the sample cohort").click();
+    let start = Instant::now();
+    while h.query_by_label("Check file").is_none() {
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(start.elapsed() < Duration::from_secs(30), "no preview");
+    }
+    h.get_by_label("Check file").click();
+    let start = Instant::now();
+    while h.query_by_label_contains("rows have problems").is_none() {
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(start.elapsed() < Duration::from_secs(30), "no check result");
+    }
+    h.get_by_label("Import").click();
+    wait(&mut h, "the import", |a| !a.snap.cohorts.is_empty());
+    nav(&mut h, "Match runs");
+    h.get_by_label("▶ Start matching").click();
+    wait(&mut h, "the run to finish", |a| {
+        a.snap
+            .runs
+            .first()
+            .is_some_and(|r| !r.active && r.job.state != matchdesk::domain::JobState::Running)
+    });
+    let run = h.state().snap.runs[0].clone();
+    assert_eq!(run.done_rows, 240, "{:?}", run.job.last_error);
+    assert!(run.outcomes.auto_match > 100, "{:?}", run.outcomes);
+}

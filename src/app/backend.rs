@@ -49,6 +49,9 @@ pub struct StartOptions {
     pub demo_faults: Faults,
     /// Shorter polling and retry pauses (tests).
     pub fast: bool,
+    /// Run the demo IIS with SMART Backend Services sign-in switched on; the demo profile
+    /// gets a generated key pair (kept under `data_dir/keys`, readable only by the user).
+    pub demo_smart: bool,
 }
 
 impl StartOptions {
@@ -63,6 +66,7 @@ impl StartOptions {
             demo_rate: Some(150),
             demo_faults: demo::demo_faults(),
             fast: false,
+            demo_smart: false,
         }
     }
 }
@@ -246,6 +250,7 @@ async fn run(opts: StartOptions, mut rx: mpsc::UnboundedReceiver<Command>, out: 
         }
     };
     let mut demo_url = None;
+    let mut demo_auth = ProfileAuth::None;
     let mut demo_server = None;
     let mut sample = None;
     if opts.demo {
@@ -258,8 +263,11 @@ async fn run(opts: StartOptions, mut rx: mpsc::UnboundedReceiver<Command>, out: 
             .and_then(|p| url::Url::parse(&p.base_url).ok())
             .and_then(|u| u.port());
         match demo::start(&opts, port).await {
-            Ok((server, path)) => {
+            Ok((server, path, smart)) => {
                 demo_url = Some(server.base_url.to_string());
+                if let Some(cfg) = smart {
+                    demo_auth = ProfileAuth::Smart(cfg);
+                }
                 sample = Some(path);
                 demo_server = Some(server);
             }
@@ -281,7 +289,8 @@ async fn run(opts: StartOptions, mut rx: mpsc::UnboundedReceiver<Command>, out: 
         current_cohort: None,
         _demo: demo_server,
     };
-    if let Err(e) = ctx.setup_profiles(demo_url.as_deref()).await {
+    let demo = demo_url.as_deref().map(|u| (u, demo_auth));
+    if let Err(e) = ctx.setup_profiles(demo).await {
         out.error(Place::Settings, user_text(&e));
     }
     out.send(Update::Ready {
@@ -355,6 +364,21 @@ impl Ctx {
     fn token_for(&self, profile: &ServerProfile) -> Result<Option<Arc<dyn TokenSource>>, String> {
         match &profile.auth {
             ProfileAuth::None => Ok(None),
+            ProfileAuth::Smart(cfg) => {
+                let base = url::Url::parse(profile.base_url.trim()).map_err(|e| {
+                    format!(
+                        "the profile \"{}\" has an address that is not a web address: {e}",
+                        profile.name
+                    )
+                })?;
+                match crate::net::SmartToken::new(&base, cfg) {
+                    Ok(t) => Ok(Some(Arc::new(t))),
+                    Err(e) => Err(format!(
+                        "the profile \"{}\" cannot sign in: {e}",
+                        profile.name
+                    )),
+                }
+            }
             ProfileAuth::BearerFromEnv { variable } => match std::env::var(variable) {
                 Ok(t) if !t.trim().is_empty() => Ok(Some(Arc::new(StaticToken::new(t.trim())))),
                 _ => Err(format!(
@@ -369,23 +393,28 @@ impl Ctx {
         self.profiles.iter().find(|p| p.base_url == url)
     }
 
-    async fn setup_profiles(&mut self, demo_url: Option<&str>) -> Result<(), EngineError> {
+    /// Create or update the demo profile (its address and, as the demo IIS was started with or
+    /// without SMART sign-in, its auth) and the `--server` profile.
+    async fn setup_profiles(
+        &mut self,
+        demo: Option<(&str, ProfileAuth)>,
+    ) -> Result<(), EngineError> {
         let mut wanted = Vec::new();
-        if let Some(url) = demo_url {
-            wanted.push((DEMO_PROFILE, url.to_string()));
+        if let Some((url, auth)) = demo {
+            wanted.push((DEMO_PROFILE, url.to_string(), Some(auth)));
         }
         if let Some(url) = &self.opts.server {
             let parsed = url::Url::parse(url).map_err(|e| {
                 EngineError::Invalid(format!("--server {url} is not a web address: {e}"))
             })?;
             crate::net::check_base_url(&parsed)?;
-            wanted.push((CLI_PROFILE, url.clone()));
+            wanted.push((CLI_PROFILE, url.clone(), None));
         }
         let actor = self.actor();
         let profiles = blocking(&self.engine, move |e| {
             let mut store = e.store()?;
             let existing = store.profiles()?;
-            for (name, url) in wanted {
+            for (name, url, auth) in wanted {
                 let mut p = existing
                     .iter()
                     .find(|(n, _)| n == name)
@@ -394,8 +423,12 @@ impl Ctx {
                         name: name.to_string(),
                         ..ServerProfile::default()
                     });
-                if p.base_url != url {
+                let auth_changed = auth.as_ref().is_some_and(|a| *a != p.auth);
+                if p.base_url != url || auth_changed {
                     p.base_url = url;
+                    if let Some(a) = auth {
+                        p.auth = a;
+                    }
                     let json = serde_json::to_string(&p)
                         .map_err(|e| EngineError::Invalid(e.to_string()))?;
                     store.save_profile(name, &json, &actor)?;
@@ -509,8 +542,15 @@ impl Ctx {
                     | JobEvent::BadLine {
                         job_id, message, ..
                     } => {
+                        let note = if matches!(ev, JobEvent::BadLine { .. }) {
+                            format!(
+                                "One line of the server's answer could not be used ({message}); its row is under Error in the Review queue."
+                            )
+                        } else {
+                            format!("Trying again: {message}")
+                        };
                         if let Some(r) = live.runs.get_mut(job_id) {
-                            r.notes.push(message.clone());
+                            r.notes.push(note);
                             if r.notes.len() > 20 {
                                 r.notes.remove(0);
                             }
@@ -1246,6 +1286,39 @@ impl Ctx {
                     Err(e) => self.out.error(Place::Audit, user_text(&e)),
                 }
             }
+            Command::GenerateKeys { alg, dir } => {
+                let res = tokio::task::spawn_blocking(move || {
+                    crate::net::auth::keys::generate(alg, None, &dir)
+                })
+                .await;
+                match res {
+                    Ok(Ok(g)) => {
+                        self.out.notice(
+                            Place::Settings,
+                            format!(
+                                "Made a {} key pair \"{}\". Give {} to the IIS when it registers matchdesk; keep {} private.",
+                                g.alg, g.kid, g.jwks.display(), g.private_key.display()
+                            ),
+                        );
+                        self.out.send(Update::KeysGenerated(g));
+                    }
+                    Ok(Err(e)) => self.out.error(Place::Settings, e.to_string()),
+                    Err(e) => self
+                        .out
+                        .error(Place::Settings, format!("could not make the key pair: {e}")),
+                }
+            }
+            Command::TestConnection(profile) => {
+                let out = self.out.clone();
+                let name = profile.name.clone();
+                tokio::spawn(async move {
+                    let report = test_profile_connection(&profile).await;
+                    out.send(Update::ConnectionTested {
+                        profile: name,
+                        report,
+                    });
+                });
+            }
             Command::SaveProfile(profile) => {
                 let problems = profile.problems();
                 if !problems.is_empty() {
@@ -1336,4 +1409,118 @@ fn write_csv(
             .map_err(|e| err(std::io::Error::other(e)))?;
     }
     w.flush().map_err(err)
+}
+
+/// Check a profile's sign-in the way a run would use it: for SMART, discovery, a token request
+/// and one authorized request; otherwise one request to `[base]/metadata`.
+async fn test_profile_connection(profile: &ServerProfile) -> crate::net::auth::ConnectionReport {
+    use crate::net::auth::{ConnectionReport, ConnectionStep};
+    let base = match url::Url::parse(profile.base_url.trim()) {
+        Ok(u) => u,
+        Err(e) => {
+            return ConnectionReport {
+                steps: vec![ConnectionStep {
+                    what: "Server address".into(),
+                    ok: false,
+                    detail: format!(
+                        "\"{}\" is not a web address ({e}).",
+                        profile.base_url.trim()
+                    ),
+                }],
+            };
+        }
+    };
+    if let Err(e) = crate::net::check_base_url(&base) {
+        return ConnectionReport {
+            steps: vec![ConnectionStep {
+                what: "Server address".into(),
+                ok: false,
+                detail: e.to_string(),
+            }],
+        };
+    }
+    match &profile.auth {
+        ProfileAuth::Smart(cfg) => crate::net::auth::test_connection(&base, cfg).await,
+        other => {
+            let mut steps = Vec::new();
+            let token = match other {
+                ProfileAuth::BearerFromEnv { variable } => match std::env::var(variable) {
+                    Ok(t) if !t.trim().is_empty() => {
+                        steps.push(ConnectionStep {
+                            what: "Access token".into(),
+                            ok: true,
+                            detail: format!("read from the environment variable {variable}"),
+                        });
+                        Some(t.trim().to_string())
+                    }
+                    _ => {
+                        steps.push(ConnectionStep {
+                            what: "Access token".into(),
+                            ok: false,
+                            detail: format!("the environment variable {variable} is not set; set it before starting matchdesk"),
+                        });
+                        return ConnectionReport { steps };
+                    }
+                },
+                _ => None,
+            };
+            steps.push(metadata_step(&base, token.as_deref()).await);
+            ConnectionReport { steps }
+        }
+    }
+}
+
+/// `GET [base]/metadata` with an optional bearer token, as one connection-test step.
+async fn metadata_step(base: &url::Url, token: Option<&str>) -> crate::net::auth::ConnectionStep {
+    use crate::net::auth::ConnectionStep;
+    let url = format!("{}/metadata", base.as_str().trim_end_matches('/'));
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            return ConnectionStep {
+                what: "Request to the server".into(),
+                ok: false,
+                detail: format!("could not set up the connection: {e}"),
+            };
+        }
+    };
+    let mut req = client.get(&url).header("Accept", "application/fhir+json");
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    match req.send().await {
+        Ok(r) if r.status().is_success() => ConnectionStep {
+            what: "Request to the server".into(),
+            ok: true,
+            detail: format!("the server answered ({})", r.status()),
+        },
+        Ok(r) => ConnectionStep {
+            what: "Request to the server".into(),
+            ok: false,
+            detail: match r.status().as_u16() {
+                401 | 403 => format!(
+                    "the server refused the request ({}): check the sign-in settings",
+                    r.status()
+                ),
+                404 => format!(
+                    "the server has no {}/metadata ({}): check the FHIR base URL",
+                    crate::net::redact_url(base),
+                    r.status()
+                ),
+                _ => format!("the server answered {}", r.status()),
+            },
+        },
+        Err(e) => ConnectionStep {
+            what: "Request to the server".into(),
+            ok: false,
+            detail: format!(
+                "could not reach {}: {e}. Check the address and your network.",
+                crate::net::redact_url(base)
+            ),
+        },
+    }
 }

@@ -42,12 +42,33 @@ pub fn write_sample(dir: &Path) -> std::io::Result<PathBuf> {
 /// Start the demo IIS and write the sample cohort.
 /// The demo listens on `port` when it is free (so runs interrupted by a restart find the same
 /// address), else on any free port.
-pub async fn start(opts: &StartOptions, port: Option<u16>) -> Result<(SimServer, PathBuf), String> {
+/// With `opts.demo_smart` the demo IIS requires SMART Backend Services sign-in and the returned
+/// [`SmartConfig`](crate::net::SmartConfig) is the demo profile's (a key pair under
+/// `data_dir/keys`, made once and reused).
+pub async fn start(
+    opts: &StartOptions,
+    port: Option<u16>,
+) -> Result<(SimServer, PathBuf, Option<crate::net::SmartConfig>), String> {
     let n = opts.demo_patients;
     let registry = tokio::task::spawn_blocking(move || Registry::generate(n, DEMO_SEED))
         .await
         .map_err(|e| e.to_string())?;
+    let (smart, client) = if opts.demo_smart {
+        let key_dir = opts.data_dir.join("keys");
+        let (cfg, client) = crate::sim::auth::demo_registration(&key_dir, "matchdesk-demo")
+            .map_err(|e| format!("could not set up the demo's SMART sign-in: {e}"))?;
+        (
+            Some(crate::sim::auth::SmartSimConfig {
+                clients: vec![client],
+                ..Default::default()
+            }),
+            Some(cfg),
+        )
+    } else {
+        (None, None)
+    };
     let cfg = SimConfig {
+        smart,
         processing_rate: opts.demo_rate,
         faults: opts.demo_faults.clone(),
         min_poll_interval: if opts.fast {
@@ -81,5 +102,5 @@ pub async fn start(opts: &StartOptions, port: Option<u16>) -> Result<(SimServer,
             opts.data_dir.display()
         )
     })?;
-    Ok((server, sample))
+    Ok((server, sample, client))
 }

@@ -72,6 +72,9 @@ pub enum ProfileAuth {
     None,
     /// A bearer token read from an environment variable when a run starts (never stored).
     BearerFromEnv { variable: String },
+    /// SMART Backend Services: a signed client assertion is exchanged for short-lived tokens.
+    /// The profile keeps the *path* of the private key, never the key itself.
+    Smart(crate::net::SmartConfig),
 }
 
 /// A server and how to run matches against it. Stored in the workspace (no secrets).
@@ -132,6 +135,44 @@ impl ServerProfile {
         }
         if !(0.0..=1.0).contains(&self.rules.local_min_score) {
             out.push("The local score threshold must be between 0 and 1.".to_string());
+        }
+        match &self.auth {
+            ProfileAuth::None => {}
+            ProfileAuth::BearerFromEnv { variable } => {
+                if variable.trim().is_empty() {
+                    out.push(
+                        "Enter the name of the environment variable that holds the access token."
+                            .to_string(),
+                    );
+                }
+            }
+            ProfileAuth::Smart(s) => {
+                if s.client_id.trim().is_empty() {
+                    out.push(
+                        "Enter the client id the IIS gave you when it registered matchdesk."
+                            .to_string(),
+                    );
+                }
+                if s.key_path.as_os_str().is_empty() {
+                    out.push("Choose the private key file (made with \"Generate a key pair…\" or `matchdesk keys generate`).".to_string());
+                }
+                if s.scopes.trim().is_empty() {
+                    out.push(format!(
+                        "Enter the scopes to ask for (usually {}).",
+                        crate::net::auth::DEFAULT_SCOPES
+                    ));
+                }
+                if let Some(t) = s.token_endpoint.as_deref().filter(|t| !t.trim().is_empty()) {
+                    match url::Url::parse(t.trim()) {
+                        Ok(u) => {
+                            if let Err(e) = crate::net::check_base_url(&u) {
+                                out.push(format!("Token endpoint: {e}"));
+                            }
+                        }
+                        Err(e) => out.push(format!("The token endpoint \"{}\" is not a web address ({e}); leave it empty to find it on the server.", t.trim())),
+                    }
+                }
+            }
         }
         out
     }
@@ -236,6 +277,14 @@ pub enum Command {
         path: PathBuf,
     },
     SaveProfile(Box<ServerProfile>),
+    /// Check a (possibly unsaved) profile's sign-in: discovery, token request, one request.
+    TestConnection(Box<ServerProfile>),
+    /// Make a key pair for SMART sign-in in `dir`: a private key (readable only by the user)
+    /// and the public JWKS to give the IIS.
+    GenerateKeys {
+        alg: crate::net::SigningAlg,
+        dir: PathBuf,
+    },
     DeleteProfile(String),
     SetReviewer(Reviewer),
 }
@@ -299,6 +348,13 @@ pub struct ImportCheck {
 /// What the backend sends the UI.
 #[derive(Clone, Debug)]
 pub enum Update {
+    /// [`Command::GenerateKeys`] succeeded.
+    KeysGenerated(crate::net::auth::keys::GeneratedKeys),
+    /// The result of [`Command::TestConnection`] for the profile named `profile`.
+    ConnectionTested {
+        profile: String,
+        report: crate::net::auth::ConnectionReport,
+    },
     /// The workspace is open.
     Ready {
         workspace: PathBuf,

@@ -234,6 +234,10 @@ struct GuiArgs {
     /// Do not start the built-in demo IIS.
     #[arg(long)]
     no_demo: bool,
+    /// Run the built-in demo IIS with SMART Backend Services sign-in switched on (the demo
+    /// profile gets its own key pair under the data directory's `keys` folder).
+    #[arg(long, conflicts_with = "no_demo")]
+    demo_smart: bool,
 }
 
 /// The default workspace: `<data dir>/matchdesk/workspace.matchdesk`.
@@ -473,6 +477,7 @@ fn gui(a: GuiArgs) -> Result<()> {
     let mut opts = matchdesk::app::StartOptions::new(db, data_dir);
     opts.server = a.server;
     opts.demo = !a.no_demo;
+    opts.demo_smart = a.demo_smart;
     let native = eframe::NativeOptions {
         viewport: eframe::egui::ViewportBuilder::default()
             .with_title("matchdesk")

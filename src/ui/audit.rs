@@ -105,7 +105,7 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                     ui.label(a.id.to_string());
                 });
                 row.col(|ui| {
-                    ui.label(&a.at);
+                    ui.label(tokens::when(&a.at, true));
                 });
                 row.col(|ui| {
                     ui.label(&a.actor);

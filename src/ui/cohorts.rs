@@ -423,7 +423,10 @@ fn cohort_list(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 ui.label(c.active_rows.to_string());
                 ui.label(c.bad_rows.to_string());
                 ui.label(c.versions.to_string());
-                ui.label(c.last_imported_at.as_deref().unwrap_or(""));
+                ui.label(tokens::when(
+                    c.last_imported_at.as_deref().unwrap_or(""),
+                    false,
+                ));
                 ui.end_row();
             }
         });

@@ -256,7 +256,7 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                             ui.label(m.source_id.as_deref().unwrap_or("—"));
                         });
                         row.col(|ui| {
-                            ui.label(&m.since[..16.min(m.since.len())]);
+                            ui.label(tokens::when(&m.since, false));
                         });
                         row.col(|ui| {
                             ui.label(&m.added_by);
@@ -369,7 +369,7 @@ fn changes_table(
                     ui.label(format!(
                         "{} {}",
                         c.proposed_by,
-                        &c.proposed_at[..16.min(c.proposed_at.len())]
+                        tokens::when(&c.proposed_at, false)
                     ));
                 });
                 row.col(|ui| {
@@ -384,7 +384,7 @@ fn changes_table(
                 row.col(|ui| {
                     let mut s = String::new();
                     if let (Some(by), Some(at)) = (&c.decided_by, &c.decided_at) {
-                        s = format!("{by} {}", &at[..16.min(at.len())]);
+                        s = format!("{by} {}", tokens::when(at, false));
                     }
                     if let Some(r) = &c.reason {
                         s = if s.is_empty() {

@@ -133,6 +133,10 @@ pub enum Picked {
     SaveBadRows(i64, PathBuf),
     SaveGroup(i64, PathBuf, bool),
     SaveAudit(PathBuf),
+    /// A private key file for the profile being edited.
+    KeyFile(PathBuf),
+    /// The folder to write a new key pair to.
+    KeyFolder(crate::net::SigningAlg, PathBuf),
 }
 
 impl MatchdeskApp {
@@ -221,6 +225,8 @@ impl MatchdeskApp {
                     filter: self.audit.filter(),
                     path,
                 }),
+                Picked::KeyFile(path) => settings::key_chosen(self, path, None),
+                Picked::KeyFolder(alg, dir) => self.send(Command::GenerateKeys { alg, dir }),
             }
         }
     }
@@ -231,6 +237,12 @@ impl MatchdeskApp {
                 self.snap.ready = true;
                 self.snap.workspace = Some(workspace);
                 self.snap.demo = demo;
+            }
+            Update::ConnectionTested { profile, report } => {
+                settings::connection_tested(self, profile, report);
+            }
+            Update::KeysGenerated(g) => {
+                settings::key_chosen(self, g.private_key, Some(g.kid));
             }
             Update::Cohorts(c) => {
                 // Keep (or pick) a current cohort.
@@ -322,6 +334,21 @@ impl MatchdeskApp {
         }
     }
 
+    /// Ask for a folder with the native dialog, off the UI thread.
+    fn pick_folder(&self, make: impl FnOnce(PathBuf) -> Picked + Send + 'static) {
+        let tx = self.picked.0.clone();
+        let spawned = std::thread::Builder::new()
+            .name("matchdesk-folder-dialog".into())
+            .spawn(move || {
+                if let Some(p) = rfd::FileDialog::new().pick_folder() {
+                    let _ = tx.send(make(p));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!("could not open a folder dialog: {e}");
+        }
+    }
+
     fn messages_ui(&mut self, ui: &mut egui::Ui, place: Place) {
         let t = tokens::of(ui);
         let now = ui.input(|i| i.time);
@@ -330,32 +357,53 @@ impl MatchdeskApp {
         };
         list.retain(|m| m.error || now - m.at < tokens::NOTICE_SECS);
         let mut dismiss = None;
-        for (i, m) in list.iter().enumerate() {
+        // Errors stay in place until dismissed. Notices ("Saved …", "Approved …") float at the
+        // bottom right and fade: shown inline they would push the screen down under the
+        // pointer, and the next click would land on a different button.
+        for (i, m) in list.iter().enumerate().filter(|(_, m)| m.error) {
             egui::Frame::new()
-                .fill(if m.error { t.error_bg } else { t.notice_bg })
+                .fill(t.error_bg)
                 .inner_margin(8.0)
                 .corner_radius(4.0)
                 .show(ui, |ui| {
                     ui.horizontal(|ui| {
-                        let (sym, color) = if m.error {
-                            ("✖", t.error)
-                        } else {
-                            ("✔", t.ok)
-                        };
-                        ui.colored_label(color, sym);
+                        ui.colored_label(t.error, "✖");
                         // Wrap the text in what is left after the Dismiss button: an overlong
                         // row would widen everything below it past the window's edge.
-                        let button = if m.error { 80.0 } else { 0.0 };
-                        let width = (ui.available_width() - button).max(120.0);
+                        let width = (ui.available_width() - 80.0).max(120.0);
                         ui.allocate_ui(egui::vec2(width, 0.0), |ui| {
                             ui.add(egui::Label::new(&m.text).wrap());
                         });
-                        if m.error && ui.small_button("Dismiss").clicked() {
+                        if ui.small_button("Dismiss").clicked() {
                             dismiss = Some(i);
                         }
                     });
                 });
             ui.add_space(4.0);
+        }
+        let notices: Vec<&Message> = list.iter().filter(|m| !m.error).collect();
+        if !notices.is_empty() {
+            egui::Area::new(egui::Id::unique(("notices", place)))
+                .anchor(egui::Align2::RIGHT_BOTTOM, egui::vec2(-16.0, -16.0))
+                .order(egui::Order::Foreground)
+                .interactable(false)
+                .show(ui.ctx(), |ui| {
+                    ui.set_max_width(520.0);
+                    for m in notices {
+                        egui::Frame::new()
+                            .fill(t.notice_bg)
+                            .stroke(egui::Stroke::new(1.0, t.ok))
+                            .inner_margin(10.0)
+                            .corner_radius(6.0)
+                            .show(ui, |ui| {
+                                ui.horizontal(|ui| {
+                                    ui.colored_label(t.ok, "✔");
+                                    ui.add(egui::Label::new(&m.text).wrap());
+                                });
+                            });
+                        ui.add_space(4.0);
+                    }
+                });
         }
         if let Some(i) = dismiss {
             list.remove(i);

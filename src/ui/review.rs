@@ -682,7 +682,7 @@ fn detail_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, actions: &mut Vec<Action
                 format!(
                     "Decision: {what} by {} at {}",
                     last.actor,
-                    &last.at[..16.min(last.at.len())]
+                    tokens::when(&last.at, false)
                 ),
             );
         }

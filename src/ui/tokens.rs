@@ -106,3 +106,34 @@ pub fn outcome_label(o: Outcome) -> &'static str {
         Outcome::Error => "✖ error",
     }
 }
+
+/// A stored UTC timestamp (`2026-11-27T13:17:11.330Z`) as people read it:
+/// `2026-11-27 13:17 UTC`, or with seconds for the audit log. Anything else is shown as is.
+pub fn when(stamp: &str, seconds: bool) -> String {
+    let b = stamp.as_bytes();
+    let end = if seconds { 19 } else { 16 };
+    if b.len() >= end && b.get(10) == Some(&b'T') && stamp.is_char_boundary(end) {
+        format!("{} {} UTC", &stamp[..10], &stamp[11..end])
+    } else {
+        stamp.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::when;
+
+    #[test]
+    fn timestamps_read_as_date_time_utc() {
+        assert_eq!(
+            when("2026-11-27T13:17:11.330Z", false),
+            "2026-11-27 13:17 UTC"
+        );
+        assert_eq!(
+            when("2026-11-27T13:17:11.330Z", true),
+            "2026-11-27 13:17:11 UTC"
+        );
+        assert_eq!(when("yesterday", false), "yesterday");
+        assert_eq!(when("", true), "");
+    }
+}
