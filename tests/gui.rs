@@ -55,6 +55,28 @@ fn wait(h: &mut Harness<'static, MatchdeskApp>, what: &str, cond: impl Fn(&Match
     }
 }
 
+/// Step frames until a widget labelled exactly `label` is on screen.
+#[track_caller]
+fn wait_for_label(h: &mut Harness<'static, MatchdeskApp>, label: &str, what: &str) {
+    let start = Instant::now();
+    while h.query_by_label(label).is_none() {
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+    }
+}
+
+/// Step frames until a widget whose label contains `text` is on screen.
+#[track_caller]
+fn wait_for_text(h: &mut Harness<'static, MatchdeskApp>, text: &str, what: &str) {
+    let start = Instant::now();
+    while h.query_by_label_contains(text).is_none() {
+        h.step();
+        std::thread::sleep(Duration::from_millis(15));
+        assert!(start.elapsed() < Duration::from_secs(30), "{what}");
+    }
+}
+
 fn snapshot(h: &mut Harness<'static, MatchdeskApp>, name: &str) {
     // Timestamps and elapsed times differ between runs; the layout must not.
     let opts = SnapshotOptions::default().max_failed_pixels(25_000);
@@ -107,20 +129,10 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     h.get_by_label("Use the sample cohort").click();
     wait(&mut h, "the preview", |_| true);
     wait(&mut h, "the mapping table", |a| a.snap.ready);
-    let start = Instant::now();
-    while h.query_by_label("Check file").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no preview");
-    }
+    wait_for_label(&mut h, "Check file", "no preview");
     snapshot(&mut h, "02_mapping");
     h.get_by_label("Check file").click();
-    let start = Instant::now();
-    while h.query_by_label_contains("rows have problems").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no check result");
-    }
+    wait_for_text(&mut h, "rows have problems", "no check result");
     h.get_by_label_contains("4 rows have problems");
     h.get_by_label("Import").click();
     wait(&mut h, "the import", |a| !a.snap.cohorts.is_empty());
@@ -128,12 +140,7 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     assert_eq!(h.state().snap.cohorts[0].active_rows, 240);
     assert_eq!(h.state().snap.cohorts[0].bad_rows, 4);
     // The validation report lists the bad rows with their lines.
-    let start = Instant::now();
-    while h.query_by_label("Validation report").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no report");
-    }
+    wait_for_label(&mut h, "Validation report", "no report");
     h.get_by_label_contains("is not a real date");
     snapshot(&mut h, "03_cohorts");
 
@@ -186,12 +193,7 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     wait(&mut h, "the side-by-side detail", |a| {
         a.review.filter == ReviewFilter::Several && a.review.selected_row_id().is_some()
     });
-    let start = Instant::now();
-    while h.query_by_label_contains("Accept 2").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no detail");
-    }
+    wait_for_text(&mut h, "Accept 2", "no detail");
     h.get_by_label("Submitted record");
     h.get_by_label("Candidate 2");
     snapshot(&mut h, "05_review");
@@ -217,15 +219,7 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     wait(&mut h, "the detail again", |a| {
         a.review.selected_row_id() == Some(row_id)
     });
-    let start = Instant::now();
-    while h.query_by_label_contains("Accept 2").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no detail after undo"
-        );
-    }
+    wait_for_text(&mut h, "Accept 2", "no detail after undo");
     h.key_press(egui::Key::Num2);
     wait(&mut h, "the second accept", |a| {
         decided(a, Some(DecisionKind::Accept))
@@ -253,15 +247,7 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     });
     snapshot(&mut h, "07_settings");
     nav(&mut h, "Group");
-    let start = Instant::now();
-    while h.query_by_label_contains("Approve all (").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no pending changes"
-        );
-    }
+    wait_for_text(&mut h, "Approve all (", "no pending changes");
     nav(&mut h, "Approve all (");
     wait(&mut h, "the member", |a| {
         a.snap
@@ -300,28 +286,13 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     let v2_file = v2.join("sample-cohort.csv");
     std::fs::write(&v2_file, kept.join("\n") + "\n").unwrap();
     h.state_mut().open_file(v2_file);
-    let start = Instant::now();
-    while h.query_by_label("Check file").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no preview of v2"
-        );
-    }
+    wait_for_label(&mut h, "Check file", "no preview of v2");
     h.get_by_label("Check file").click();
-    let start = Instant::now();
-    while h
-        .query_by_label_contains("Rows no longer in the file: 1")
-        .is_none()
-    {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no re-import difference"
-        );
-    }
+    wait_for_text(
+        &mut h,
+        "Rows no longer in the file: 1",
+        "no re-import difference",
+    );
     snapshot(&mut h, "10_reimport_difference");
     h.get_by_label("Apply re-import").click();
     wait(&mut h, "the proposed removal", |a| {
@@ -368,19 +339,9 @@ fn restart_resumes_an_interrupted_run_and_says_so() {
     wait(&mut h, "ready", |a| a.snap.ready && a.snap.demo.is_some());
     let sample = h.state().snap.demo.clone().unwrap().1;
     h.state_mut().open_file(sample);
-    let start = Instant::now();
-    while h.query_by_label("Check file").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30));
-    }
+    wait_for_label(&mut h, "Check file", "no preview");
     h.get_by_label("Check file").click();
-    let start = Instant::now();
-    while h.query_by_label_contains("rows are good").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30));
-    }
+    wait_for_text(&mut h, "rows are good", "no check result");
     h.get_by_label("Import").click();
     wait(&mut h, "import", |a| !a.snap.cohorts.is_empty());
     nav(&mut h, "Match runs");
@@ -473,25 +434,43 @@ fn smart_sign_in_test_connection_and_a_run_through_the_gui() {
     }
     h.get_by_label("✔ Access token");
     snapshot(&mut h, "11_settings_smart");
+
+    // "Generate a key pair…" (the folder comes from the native dialog, here sent directly):
+    // the new private key lands in the form, private to the user, with its public JWKS beside it.
+    let keys = dir.path().join("my-keys");
+    std::fs::create_dir_all(&keys).unwrap();
+    h.state().send(matchdesk::app::Command::GenerateKeys {
+        alg: matchdesk::net::SigningAlg::Rs384,
+        dir: keys.clone(),
+    });
+    let shown = keys.display().to_string();
+    wait_for_text(&mut h, &shown, "the generated key in the form");
+    wait_for_text(&mut h, "Give ", "the notice about the public key set");
+    let pem: Vec<_> = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(pem.len(), 2, "{pem:?}");
+    let jwks = pem
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with(".jwks.json"))
+        .unwrap();
+    let jwks: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(jwks).unwrap()).unwrap();
+    assert_eq!(jwks["keys"][0]["alg"], "RS384");
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "the JWKS holds a private part"
+    );
     h.get_by_label("Cancel").click();
     h.step();
 
     // A run: import the sample cohort and match it with SMART sign-in.
     nav(&mut h, "Cohorts");
     h.get_by_label("Use the sample cohort").click();
-    let start = Instant::now();
-    while h.query_by_label("Check file").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no preview");
-    }
+    wait_for_label(&mut h, "Check file", "no preview");
     h.get_by_label("Check file").click();
-    let start = Instant::now();
-    while h.query_by_label_contains("rows have problems").is_none() {
-        h.step();
-        std::thread::sleep(Duration::from_millis(15));
-        assert!(start.elapsed() < Duration::from_secs(30), "no check result");
-    }
+    wait_for_text(&mut h, "rows have problems", "no check result");
     h.get_by_label("Import").click();
     wait(&mut h, "the import", |a| !a.snap.cohorts.is_empty());
     nav(&mut h, "Match runs");

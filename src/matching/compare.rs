@@ -91,7 +91,12 @@ pub enum Note {
     LastFourAgree,
     LastFourOnly,
     UnitDiffers,
-    SimilarAddress { matched: u8, total: u8 },
+    /// The same address, split differently over lines 1 and 2.
+    LinesSplit,
+    SimilarAddress {
+        matched: u8,
+        total: u8,
+    },
     SameArea,
     LikelyTwin,
     SexUnknown,
@@ -309,7 +314,26 @@ pub fn suffix(a: &str, b: &str) -> Cmp {
 fn is_unit_designator(w: &str) -> bool {
     matches!(
         w,
-        "APT" | "APARTMENT" | "UNIT" | "STE" | "SUITE" | "#" | "NO" | "RM" | "ROOM"
+        // USPS secondary unit designators (Publication 28, appendix C2) that take a number.
+        "APT"
+            | "APARTMENT"
+            | "UNIT"
+            | "STE"
+            | "SUITE"
+            | "#"
+            | "NO"
+            | "RM"
+            | "ROOM"
+            | "SPC"
+            | "SPACE"
+            | "LOT"
+            | "TRLR"
+            | "BLDG"
+            | "FL"
+            | "FLOOR"
+            | "DEPT"
+            | "OFC"
+            | "HNGR"
     )
 }
 
@@ -653,6 +677,26 @@ pub fn evaluate(a: &View<'_>, b: &View<'_>) -> [Option<Raw>; 18] {
         given = Some(near(Note::NamesSwapped, share::SWAPPED));
         family = given;
     }
+    let mut line1 = as_cmp(pair_str(&a.address_line1, &b.address_line1, address));
+    let mut line2 = as_cmp(pair_str(&a.address_line2, &b.address_line2, address2));
+    if line1.is_some_and(|c| c.verdict != Verdict::Agree)
+        && line2.is_some_and(|c| c.verdict != Verdict::Agree)
+        && address_lines_joined_agree(a, b)
+    {
+        line1 = Some(agree(Note::LinesSplit));
+        // A second line present on one side only carries no weight either way; one that
+        // differs only because of the split agrees.
+        line2 = line2.map(|c| {
+            if c.verdict == Verdict::Differ {
+                agree(Note::LinesSplit)
+            } else {
+                Cmp {
+                    note: Note::LinesSplit,
+                    ..c
+                }
+            }
+        });
+    }
     let cmps: [Option<Cmp>; 18] = [
         given,
         as_cmp(pair_str(&a.middle, &b.middle, name)),
@@ -662,8 +706,8 @@ pub fn evaluate(a: &View<'_>, b: &View<'_>) -> [Option<Raw>; 18] {
         as_cmp(pair(&a.sex, &b.sex, |x, y| sex(*x, *y))),
         as_cmp(pair_str(&a.phone, &b.phone, phone)),
         as_cmp(pair_str(&a.email, &b.email, exact)),
-        as_cmp(pair_str(&a.address_line1, &b.address_line1, address)),
-        as_cmp(pair_str(&a.address_line2, &b.address_line2, address2)),
+        line1,
+        line2,
         as_cmp(pair_str(&a.city, &b.city, city)),
         as_cmp(pair_str(&a.state, &b.state, exact)),
         as_cmp(pair_str(&a.postal_code, &b.postal_code, postal)),
@@ -710,6 +754,21 @@ pub fn evaluate(a: &View<'_>, b: &View<'_>) -> [Option<Raw>; 18] {
 
 /// Whether the submitted given/family match the candidate's family/given (clearly, not just by
 /// sound).
+/// Whether lines 1 and 2 read together agree on both sides ("12 OAK RD APT 3" against
+/// "12 OAK RD" + "APT 3"). Only called when the lines disagree one by one.
+fn address_lines_joined_agree(a: &View<'_>, b: &View<'_>) -> bool {
+    let joined = |v: &View<'_>| match (&v.address_line1, &v.address_line2) {
+        (Some(l1), Some(l2)) => Some(format!("{l1} {l2}")),
+        (Some(l1), None) => Some(l1.to_string()),
+        (None, Some(l2)) => Some(l2.to_string()),
+        (None, None) => None,
+    };
+    match (joined(a), joined(b)) {
+        (Some(x), Some(y)) => address(&x, &y).verdict == Verdict::Agree,
+        _ => false,
+    }
+}
+
 fn names_swapped(a: &View<'_>, b: &View<'_>) -> bool {
     let strong = |x: &Option<Cow<'_, str>>, y: &Option<Cow<'_, str>>| {
         pair_str(x, y, name).is_ok_and(|c| {
@@ -766,6 +825,7 @@ impl Note {
             Note::LastFourAgree => "last four digits agree".into(),
             Note::LastFourOnly => "only the last four digits are known; they agree".into(),
             Note::UnitDiffers => "same street address, apartment or unit differs".into(),
+            Note::LinesSplit => "same address, split differently over two lines".into(),
             Note::SimilarAddress { matched, total } => {
                 format!("similar address ({matched} of {total} words agree)")
             }

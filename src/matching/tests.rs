@@ -527,3 +527,49 @@ fn one_clear_error_on_a_full_row_lands_in_probable() {
         assert_eq!(g(s), Some(MatchGrade::Probable), "{what}: {s}");
     }
 }
+
+#[test]
+fn an_address_split_over_two_lines_agrees() {
+    // The cohort has the space number on line 1; the IIS keeps it on line 2.
+    let mut submitted = william();
+    submitted.address_line1 = Some("39799 RALEIGH RD SPC 87".into());
+    let mut candidate = william();
+    candidate.address_line1 = Some("39799 RALEIGH RD".into());
+    candidate.address_line2 = Some("SPC 87".into());
+    let c = compare(&submitted, &candidate);
+    let line1 = c.field(Field::AddressLine1).unwrap();
+    assert_eq!(line1.verdict, Verdict::Agree, "{line1:?}");
+    assert_eq!(line1.note, "same address, split differently over two lines");
+    // Line 2 is on one side only: no weight either way, and the note says why.
+    let line2 = c.field(Field::AddressLine2).unwrap();
+    assert_eq!(line2.verdict, Verdict::Missing);
+    assert_eq!(line2.weight, 0.0);
+    assert_eq!(c.score, score(&william(), &william()));
+    assert_eq!(score(&submitted, &candidate), c.score);
+
+    // Both sides have a second line, split differently.
+    submitted.address_line1 = Some("12 OAK RD APT".into());
+    submitted.address_line2 = Some("3".into());
+    candidate.address_line1 = Some("12 OAK RD".into());
+    candidate.address_line2 = Some("APT 3".into());
+    let c = compare(&submitted, &candidate);
+    assert_eq!(
+        c.field(Field::AddressLine1).unwrap().verdict,
+        Verdict::Agree
+    );
+    assert_eq!(
+        c.field(Field::AddressLine2).unwrap().verdict,
+        Verdict::Agree
+    );
+
+    // A different space number is not hidden by the split.
+    submitted.address_line1 = Some("39799 RALEIGH RD SPC 88".into());
+    submitted.address_line2 = None;
+    candidate.address_line1 = Some("39799 RALEIGH RD".into());
+    candidate.address_line2 = Some("SPC 87".into());
+    let c = compare(&submitted, &candidate);
+    assert_ne!(
+        c.field(Field::AddressLine1).unwrap().verdict,
+        Verdict::Agree
+    );
+}

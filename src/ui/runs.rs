@@ -190,7 +190,7 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
             };
             ui.colored_label(color, format!("{sym} {word}"));
             if r.resumed {
-                ui.colored_label(t.accent, "↻ resumed after a restart");
+                ui.colored_label(t.accent, "↺ resumed after a restart");
             }
             if r.job.state == JobState::Running && ui.button("Cancel run").clicked() {
                 app.runs.confirm_cancel = Some(r.job.id);

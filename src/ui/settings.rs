@@ -221,6 +221,7 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 ui.strong("Address");
                 ui.strong("Chunk");
                 ui.strong("Parallel");
+                ui.strong("Sign-in");
                 ui.strong("");
                 ui.end_row();
                 for p in profiles.iter() {
@@ -228,6 +229,11 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                     ui.label(&p.base_url);
                     ui.label(p.chunk_size.to_string());
                     ui.label(p.concurrency.to_string());
+                    ui.label(match &p.auth {
+                        ProfileAuth::None => "none".to_string(),
+                        ProfileAuth::BearerFromEnv { variable } => format!("token from {variable}"),
+                        ProfileAuth::Smart(s) => format!("SMART, client {}", s.client_id),
+                    });
                     ui.horizontal(|ui| {
                         if ui.small_button(format!("Edit {}", p.name)).clicked() {
                             app.settings.form = Some(p.clone());
