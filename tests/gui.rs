@@ -77,6 +77,19 @@ fn wait_for_text(h: &mut Harness<'static, MatchdeskApp>, text: &str, what: &str)
     }
 }
 
+/// On Match runs, press Start and step until the run has ended; its view.
+fn start_run_and_wait(h: &mut Harness<'static, MatchdeskApp>) -> matchdesk::app::RunView {
+    nav(h, "Match runs");
+    h.get_by_label("▶ Start matching").click();
+    wait(h, "the run to finish", |a| {
+        a.snap
+            .runs
+            .first()
+            .is_some_and(|r| !r.active && r.job.state != matchdesk::domain::JobState::Running)
+    });
+    h.state().snap.runs[0].clone()
+}
+
 fn snapshot(h: &mut Harness<'static, MatchdeskApp>, name: &str) {
     // Timestamps and elapsed times differ between runs; the layout must not.
     let opts = SnapshotOptions::default().max_failed_pixels(25_000);
@@ -145,15 +158,7 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     snapshot(&mut h, "03_cohorts");
 
     // Match against the embedded demo IIS.
-    nav(&mut h, "Match runs");
-    h.get_by_label("▶ Start matching").click();
-    wait(&mut h, "the run to finish", |a| {
-        a.snap
-            .runs
-            .first()
-            .is_some_and(|r| !r.active && r.job.state != matchdesk::domain::JobState::Running)
-    });
-    let run = h.state().snap.runs[0].clone();
+    let run = start_run_and_wait(&mut h);
     // The demo IIS garbles a few result lines on purpose: those rows are errors, the rest done.
     assert!(
         matches!(
@@ -473,15 +478,7 @@ fn smart_sign_in_test_connection_and_a_run_through_the_gui() {
     wait_for_text(&mut h, "rows have problems", "no check result");
     h.get_by_label("Import").click();
     wait(&mut h, "the import", |a| !a.snap.cohorts.is_empty());
-    nav(&mut h, "Match runs");
-    h.get_by_label("▶ Start matching").click();
-    wait(&mut h, "the run to finish", |a| {
-        a.snap
-            .runs
-            .first()
-            .is_some_and(|r| !r.active && r.job.state != matchdesk::domain::JobState::Running)
-    });
-    let run = h.state().snap.runs[0].clone();
+    let run = start_run_and_wait(&mut h);
     assert_eq!(run.done_rows, 240, "{:?}", run.job.last_error);
     assert!(run.outcomes.auto_match > 100, "{:?}", run.outcomes);
 }

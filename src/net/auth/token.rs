@@ -200,18 +200,7 @@ impl SmartToken {
                 message: format!("the server address cannot be used: {e}"),
             })?;
         let shown = redact_url(&url);
-        let resp = self
-            .inner
-            .http
-            .get(url.clone())
-            .header(ACCEPT, "application/json")
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| AuthError::Unreachable {
-                url: shown.clone(),
-                detail: transport_detail(&e),
-            })?;
+        let resp = send_json(self.inner.http.get(url.clone()), &shown).await?;
         let status = resp.status();
         if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
             return Err(AuthError::TokenServer {
@@ -297,19 +286,11 @@ impl SmartToken {
         ];
         let shown = redact_url(&ep.token_endpoint);
         let started = Instant::now();
-        let resp = self
-            .inner
-            .http
-            .post(ep.token_endpoint.clone())
-            .header(ACCEPT, "application/json")
-            .form(&form)
-            .timeout(Duration::from_secs(60))
-            .send()
-            .await
-            .map_err(|e| AuthError::Unreachable {
-                url: shown.clone(),
-                detail: transport_detail(&e),
-            })?;
+        let resp = send_json(
+            self.inner.http.post(ep.token_endpoint.clone()).form(&form),
+            &shown,
+        )
+        .await?;
         let status = resp.status();
         let body = read_body(resp, &shown).await?;
         let v: Option<Value> = serde_json::from_slice(&body).ok();
@@ -437,6 +418,22 @@ fn parse_endpoint(s: &str) -> Result<Url, AuthError> {
 }
 
 /// What went wrong with a request, without the URL (which may carry credentials).
+/// Send a request that expects JSON back (discovery, token), with a one-minute limit; a transport
+/// failure names the redacted URL.
+async fn send_json(
+    req: reqwest::RequestBuilder,
+    shown: &str,
+) -> Result<reqwest::Response, AuthError> {
+    req.header(ACCEPT, "application/json")
+        .timeout(Duration::from_secs(60))
+        .send()
+        .await
+        .map_err(|e| AuthError::Unreachable {
+            url: shown.to_string(),
+            detail: transport_detail(&e),
+        })
+}
+
 fn transport_detail(e: &reqwest::Error) -> String {
     let mut msg = if e.is_timeout() {
         "no answer in time"
