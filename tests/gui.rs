@@ -202,6 +202,14 @@ fn whole_flow_import_match_review_approve_undo_and_removal_by_reimport() {
     h.get_by_label("Submitted record");
     h.get_by_label("Candidate 2");
     snapshot(&mut h, "05_review");
+    // The same screen in the dark theme: every mark keeps its symbol and stays readable.
+    h.state_mut().persisted.dark = true;
+    h.step();
+    h.step();
+    snapshot(&mut h, "05_review_dark");
+    h.state_mut().persisted.dark = false;
+    h.step();
+    h.step();
     let row_id = h.state().review.selected_row_id().unwrap();
     h.key_press(egui::Key::Num2);
     let decided = |a: &MatchdeskApp, want: Option<DecisionKind>| {

@@ -466,6 +466,7 @@ fn init_tracing(level: &str) {
 
 /// Open the workbench window.
 fn gui(a: GuiArgs) -> Result<()> {
+    let explicit_db = a.db.is_some();
     let db = match a.db {
         Some(p) => p,
         None => default_db()?,
@@ -492,7 +493,9 @@ fn gui(a: GuiArgs) -> Result<()> {
         native,
         Box::new(move |cc| {
             Ok(Box::new(matchdesk::ui::MatchdeskApp::from_creation_context(
-                cc, opts,
+                cc,
+                opts,
+                explicit_db,
             )))
         }),
     )

@@ -139,6 +139,16 @@ pub enum Picked {
     KeyFolder(crate::net::SigningAlg, PathBuf),
 }
 
+/// The workspace to reopen: the last one used, unless a workspace was named on the command line
+/// (or in `MATCHDESK_DB`) or the last one is gone.
+pub fn remembered_workspace(explicit_db: bool, last: Option<&std::path::Path>) -> Option<PathBuf> {
+    if explicit_db {
+        return None;
+    }
+    last.filter(|p| p.is_file())
+        .map(std::path::Path::to_path_buf)
+}
+
 impl MatchdeskApp {
     /// Start the backend with `opts` and restore `persisted` state. `repaint` wakes the UI.
     pub fn new(
@@ -171,11 +181,24 @@ impl MatchdeskApp {
     }
 
     /// The eframe entry: restores persisted state from eframe storage.
-    pub fn from_creation_context(cc: &eframe::CreationContext<'_>, opts: StartOptions) -> Self {
+    /// The app as eframe starts it. Without an explicit `--db` (`explicit_db` false), the
+    /// workspace used last time is opened again when it still exists.
+    pub fn from_creation_context(
+        cc: &eframe::CreationContext<'_>,
+        opts: StartOptions,
+        explicit_db: bool,
+    ) -> Self {
+        let mut opts = opts;
         let mut persisted: Persisted = cc
             .storage
             .and_then(|s| eframe::get_value(s, eframe::APP_KEY))
             .unwrap_or_default();
+        if let Some(last) = remembered_workspace(explicit_db, persisted.workspace.as_deref()) {
+            if let Some(dir) = last.parent() {
+                opts.data_dir = dir.to_path_buf();
+            }
+            opts.db = last;
+        }
         persisted.workspace = Some(opts.db.clone());
         let ctx = cc.egui_ctx.clone();
         Self::new(opts, persisted, Arc::new(move || ctx.request_repaint()))
@@ -568,4 +591,23 @@ pub(crate) fn labelled(
 ) -> egui::Response {
     let l = ui.label(label);
     add(ui).labelled_by(l.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remembered_workspace;
+
+    #[test]
+    fn the_last_workspace_is_reopened_unless_one_is_named_or_it_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("clinic.matchdesk");
+        std::fs::write(&ws, b"").unwrap();
+        assert_eq!(remembered_workspace(false, Some(&ws)), Some(ws.clone()));
+        // `--db` (or MATCHDESK_DB) wins.
+        assert_eq!(remembered_workspace(true, Some(&ws)), None);
+        // Nothing remembered, or the file was moved away: the default workspace.
+        assert_eq!(remembered_workspace(false, None), None);
+        let gone = dir.path().join("moved.matchdesk");
+        assert_eq!(remembered_workspace(false, Some(&gone)), None);
+    }
 }
