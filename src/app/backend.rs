@@ -187,7 +187,8 @@ struct LiveRun {
     done_at_start: u64,
     active: bool,
     progress: Vec<(i64, String)>,
-    notes: Vec<String>,
+    notes: Vec<super::RunNote>,
+    bad_lines: u64,
 }
 
 struct Ctx {
@@ -486,6 +487,7 @@ impl Ctx {
                     done_at_start: l.map(|l| l.done_at_start).unwrap_or(0),
                     progress: l.map(|l| l.progress.clone()).unwrap_or_default(),
                     notes: l.map(|l| l.notes.clone()).unwrap_or_default(),
+                    bad_lines: l.map(|l| l.bad_lines).unwrap_or(0),
                     job,
                 });
             }
@@ -521,6 +523,7 @@ impl Ctx {
                                 active: true,
                                 progress: Vec::new(),
                                 notes: Vec::new(),
+                                bad_lines: 0,
                             },
                         );
                     }
@@ -542,14 +545,14 @@ impl Ctx {
                     | JobEvent::BadLine {
                         job_id, message, ..
                     } => {
-                        let note = if matches!(ev, JobEvent::BadLine { .. }) {
-                            format!(
-                                "One line of the server's answer could not be used ({message}); its row is under Error in the Review queue."
-                            )
+                        let bad = matches!(ev, JobEvent::BadLine { .. });
+                        let note = if bad {
+                            super::RunNote::BadLine(message.clone())
                         } else {
-                            format!("Trying again: {message}")
+                            super::RunNote::Retrying(message.clone())
                         };
                         if let Some(r) = live.runs.get_mut(job_id) {
+                            r.bad_lines += u64::from(bad);
                             r.notes.push(note);
                             if r.notes.len() > 20 {
                                 r.notes.remove(0);
@@ -641,7 +644,7 @@ impl Ctx {
                             JobState::CompletedWithErrors => out.error(
                                 Place::Runs,
                                 format!(
-                                    "Run {id} finished with problems. Rows whose answer could not be used are under Error in the Review queue (correct and resubmit them there); parts of the run that failed are marked below, and starting the run again retries them."
+                                    "Run {id} finished, but not every row got a usable answer: those rows are under Error in the Review queue, where they can be corrected and sent again. If a part of the run failed (marked ✖ below), Start matching sends it again."
                                 ),
                             ),
                             JobState::Failed => out.error(

@@ -311,8 +311,19 @@ pub struct RunView {
     pub done_at_start: u64,
     /// The last `X-Progress` text per chunk id.
     pub progress: Vec<(i64, String)>,
-    /// Recent transient problems (retries), newest last.
-    pub notes: Vec<String>,
+    /// Recent problems the run worked around, newest last.
+    pub notes: Vec<RunNote>,
+    /// Result lines that could not be used in this process's work on the run.
+    pub bad_lines: u64,
+}
+
+/// Something a run met and dealt with, for the Match runs screen.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RunNote {
+    /// A request is being retried (server busy, network trouble): no action needed.
+    Retrying(String),
+    /// One line of a result file could not be used; its row became an error.
+    BadLine(String),
 }
 
 /// A row with everything the side-by-side comparison needs, computed off the UI thread.

@@ -6,7 +6,7 @@
 use egui_plot::{Bar, BarChart, Plot};
 
 use super::{MatchdeskApp, Screen, labelled, tokens};
-use crate::app::{Command, RunView};
+use crate::app::{Command, RunNote, RunView};
 use crate::domain::{ChunkState, JobState};
 
 #[derive(Default)]
@@ -214,8 +214,32 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
         if let Some(e) = &r.job.last_error {
             ui.colored_label(t.error, format!("✖ {e}"));
         }
-        for n in r.notes.iter().rev().take(3) {
-            ui.colored_label(t.warning, format!("⚠ {n}"));
+        // Bad result lines are summed up in one line (a garbled file can have thousands); the
+        // last three retries are listed as they happen.
+        if let Some(example) = r.notes.iter().rev().find_map(|n| match n {
+            RunNote::BadLine(m) => Some(m),
+            RunNote::Retrying(_) => None,
+        }) {
+            let lines = match r.bad_lines {
+                1 => "One line of the server's answer".to_string(),
+                n => format!("{n} lines of the server's answer"),
+            };
+            ui.colored_label(
+                t.warning,
+                format!("⚠ {lines} could not be used; those rows are under Error in the Review queue, where they can be corrected and sent again. Last problem: {example}."),
+            );
+        }
+        for n in r
+            .notes
+            .iter()
+            .rev()
+            .filter_map(|n| match n {
+                RunNote::Retrying(m) => Some(m),
+                RunNote::BadLine(_) => None,
+            })
+            .take(3)
+        {
+            ui.colored_label(t.warning, format!("⚠ Trying again: {n}"));
         }
         let done = r.chunks.iter().filter(|c| c.state.is_terminal()).count();
         egui::CollapsingHeader::new(format!("Chunks ({done} of {} done)", r.chunks.len()))
