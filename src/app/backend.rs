@@ -752,10 +752,22 @@ impl Ctx {
         }
     }
 
+    /// The side-by-side detail of a row. Its local checks use the rules of the server profile
+    /// whose run triaged the row (the rules that put it in the queue), else the defaults.
     async fn send_detail(&self, row_id: i64) {
-        let rules = self.engine.config().rules.clone();
+        let default_rules = self.engine.config().rules.clone();
+        let by_server: HashMap<String, crate::matching::TriageRules> = self
+            .profiles
+            .iter()
+            .map(|p| (p.base_url.clone(), p.rules.clone()))
+            .collect();
         let res = blocking(&self.engine, move |e| {
-            let detail = e.store()?.row_detail(row_id)?;
+            let store = e.store()?;
+            let detail = store.row_detail(row_id)?;
+            let rules = store
+                .triaged_by(row_id)?
+                .and_then(|url| by_server.get(&url).cloned())
+                .unwrap_or(default_rules);
             let checks = detail
                 .candidates
                 .iter()

@@ -785,6 +785,18 @@ impl Store {
         Ok(found.and_then(|(o, r)| outcome_from_db(&o, r.as_deref())))
     }
 
+    /// The server whose answer triaged the row (its job's base URL), if it was triaged.
+    pub fn triaged_by(&self, row_id: i64) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT j.server_url FROM triage t JOIN jobs j ON j.id = t.job_id WHERE t.row_id = ?1",
+                [row_id],
+                |r| r.get(0),
+            )
+            .optional()
+            .ctx("reading which server triaged a row")
+    }
+
     /// Issues the server reported for a row.
     pub fn row_issues(&self, row_id: i64) -> Result<Vec<RowIssue>, StoreError> {
         let mut stmt = self
@@ -1047,6 +1059,32 @@ mod tests {
             full_url: None,
             demographics: Demographics::default(),
         }
+    }
+
+    #[test]
+    fn a_triaged_row_names_the_server_of_its_run() {
+        let (_dir, mut store, job) = setup(3);
+        let c = &store.chunks(job.id).unwrap()[0];
+        let patients = store.chunk_patients(c.id).unwrap();
+        let first = patients[0].row_id;
+        assert_eq!(store.triaged_by(first).unwrap(), None);
+        let results = vec![RowResult {
+            row_id: first,
+            candidates: vec![cand(1, "A")],
+            issues: vec![],
+            outcome: Outcome::AutoMatch,
+        }];
+        store
+            .chunk_manifest(c.id, "{}", &["http://x/1".into()])
+            .unwrap();
+        store
+            .ingest_batch(job.id, c.id, 0, 1, &results, &[])
+            .unwrap();
+        assert_eq!(
+            store.triaged_by(first).unwrap().as_deref(),
+            Some("http://127.0.0.1/fhir")
+        );
+        assert_eq!(store.triaged_by(patients[1].row_id).unwrap(), None);
     }
 
     #[test]
