@@ -252,6 +252,7 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
                         ui.strong("Chunk");
                         ui.strong("Rows");
                         ui.strong("State");
+                        ui.strong("Progress");
                         ui.strong("Server progress / problem");
                         ui.end_row();
                         for c in r.chunks.iter().take(200) {
@@ -272,6 +273,32 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
                                 .iter()
                                 .find(|(id, _)| *id == c.id)
                                 .map(|(_, s)| s.as_str());
+                            // X-Progress is free text; when it reads "N of M" or "N%", the bar
+                            // follows it while the server works.
+                            let frac = match c.state {
+                                ChunkState::Pending => Some(0.0),
+                                ChunkState::Submitted => {
+                                    live.or(c.progress.as_deref()).and_then(progress_fraction)
+                                }
+                                ChunkState::Downloading => Some(0.95),
+                                ChunkState::Ingested | ChunkState::Done => Some(1.0),
+                                ChunkState::Failed | ChunkState::Cancelled => None,
+                            };
+                            match frac {
+                                Some(f) => {
+                                    ui.add(
+                                        egui::ProgressBar::new(f)
+                                            .desired_width(120.0)
+                                            .desired_height(10.0),
+                                    );
+                                }
+                                None if c.state == ChunkState::Submitted => {
+                                    ui.spinner();
+                                }
+                                None => {
+                                    ui.label("");
+                                }
+                            }
                             match (&c.last_error, live.or(c.progress.as_deref())) {
                                 (Some(e), _) if c.state == ChunkState::Failed => {
                                     ui.colored_label(t.error, e);
@@ -322,5 +349,68 @@ fn summary_ui(ui: &mut egui::Ui, r: &RunView) {
             .include_x(0.0)
             .include_x(1.0)
             .show(ui, |p| p.bar_chart(chart));
+    }
+}
+
+/// The fraction a server's free-text progress reports: "matched 120 of 240 patients" → 0.5,
+/// "42%" → 0.42, "12/48" → 0.25. `None` when the text has no such figure.
+pub fn progress_fraction(text: &str) -> Option<f32> {
+    let nums: Vec<(usize, f64)> = {
+        let mut out = Vec::new();
+        let b = text.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_digit() {
+                let start = i;
+                while i < b.len()
+                    && (b[i].is_ascii_digit()
+                        || (b[i] == b'.' && i + 1 < b.len() && b[i + 1].is_ascii_digit()))
+                {
+                    i += 1;
+                }
+                if let Ok(v) = text[start..i].parse::<f64>() {
+                    out.push((i, v));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        out
+    };
+    // "N%"
+    for &(end, v) in &nums {
+        if text[end..].trim_start().starts_with('%') {
+            return Some((v / 100.0).clamp(0.0, 1.0) as f32);
+        }
+    }
+    // "N of M" or "N/M"
+    for w in nums.windows(2) {
+        let (end, n) = w[0];
+        let m = w[1].1;
+        let between = text[end..].trim_start();
+        if (between.starts_with("of ") || between.starts_with('/')) && m > 0.0 {
+            return Some((n / m).clamp(0.0, 1.0) as f32);
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::progress_fraction;
+
+    #[test]
+    fn server_progress_texts_become_fractions() {
+        assert_eq!(progress_fraction("matched 120 of 240 patients"), Some(0.5));
+        assert_eq!(progress_fraction("42% done"), Some(0.42));
+        assert_eq!(progress_fraction("42 %"), Some(0.42));
+        assert_eq!(progress_fraction("12/48 batches"), Some(0.25));
+        assert_eq!(progress_fraction("12.5%"), Some(0.125));
+        // More than done is shown as done; nothing numeric is nothing.
+        assert_eq!(progress_fraction("300 of 240"), Some(1.0));
+        assert_eq!(progress_fraction("in progress"), None);
+        assert_eq!(progress_fraction("0 of 0"), None);
+        assert_eq!(progress_fraction("step 3"), None);
+        assert_eq!(progress_fraction("vérifié 3 of 4"), Some(0.75));
     }
 }
