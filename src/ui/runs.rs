@@ -197,14 +197,35 @@ fn run_ui(app: &mut MatchdeskApp, ui: &mut egui::Ui, r: &RunView) {
             }
         });
         let total = r.total_rows.max(1);
-        let frac = r.done_rows as f32 / total as f32;
+        // Rows the server reports as matched in chunks it is still working on: results arrive
+        // only when a chunk completes, so without this a one-chunk run would sit at 0 until done.
+        let in_flight: f64 = r
+            .chunks
+            .iter()
+            .filter(|c| c.state == ChunkState::Submitted)
+            .filter_map(|c| {
+                let text = r
+                    .progress
+                    .iter()
+                    .find(|(id, _)| *id == c.id)
+                    .map(|(_, s)| s.as_str())
+                    .or(c.progress.as_deref())?;
+                Some(f64::from(progress_fraction(text)?) * c.row_count as f64)
+            })
+            .sum();
+        let working = (in_flight as u64).min(r.total_rows.saturating_sub(r.done_rows));
+        let frac = (r.done_rows + working) as f32 / total as f32;
         let mut text = format!("{} of {} rows", r.done_rows, r.total_rows);
+        if working > 0 {
+            text.push_str(&format!(" saved, about {working} more matched by the server"));
+        }
         if let Some(secs) = r.active_secs {
             text.push_str(&format!(" · elapsed {}", fmt_secs(secs)));
-            let done_here = r.done_rows.saturating_sub(r.done_at_start);
-            if done_here > 0 && r.done_rows < r.total_rows {
+            let progressed = r.done_rows + working;
+            let done_here = progressed.saturating_sub(r.done_at_start);
+            if done_here > 0 && progressed < r.total_rows {
                 let rate = done_here as f64 / secs.max(0.001);
-                let left = (r.total_rows - r.done_rows) as f64 / rate;
+                let left = (r.total_rows - progressed) as f64 / rate;
                 text.push_str(&format!(" · about {} left", fmt_secs(left)));
             } else if r.done_rows < r.total_rows {
                 text.push_str(" · waiting for the server");
