@@ -15,7 +15,7 @@ use matchdesk::net::auth::jwt::{UnverifiedJwt, client_assertion, unix_now};
 use matchdesk::net::auth::keys::{self, LoadedKey};
 use matchdesk::net::auth::{
     AuthError, CLIENT_ASSERTION_TYPE, OAuthErrorKind, SigningAlg, SmartConfig, SmartToken,
-    test_connection,
+    test_bearer_connection, test_connection,
 };
 use matchdesk::net::{
     BulkMatchClient, CancelFlag, ClientConfig, NetError, PollConfig, PollStatus, RetryConfig,
@@ -595,4 +595,36 @@ async fn connection_test_walks_the_steps_and_explains_failures() {
     assert!(!last.ok);
     assert_eq!(last.what, "Token endpoint");
     assert!(last.detail.contains("--token-endpoint"), "{}", last.detail);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_test_without_smart_checks_a_bearer_token_against_metadata() {
+    let f = Fixture::new(50, 5, 45);
+    let sim = f
+        .sim(SimConfig {
+            require_token: Some("s3cret".into()),
+            ..fast_sim()
+        })
+        .await;
+    let with = test_bearer_connection(&base(&sim), Some("s3cret")).await;
+    assert!(with.ok(), "{with:#?}");
+    assert_eq!(with.steps[0].what, "Authorized request");
+    assert!(with.steps[0].detail.contains("CapabilityStatement"));
+
+    let wrong = test_bearer_connection(&base(&sim), Some("guess")).await;
+    assert!(!wrong.ok());
+    assert!(wrong.steps[0].detail.contains("401"), "{wrong:#?}");
+
+    // Without a token only the public CapabilityStatement is asked for: it answers.
+    let none = test_bearer_connection(&base(&sim), None).await;
+    assert!(none.ok(), "{none:#?}");
+    assert_eq!(none.steps[0].what, "Request to the server");
+    assert!(none.steps[0].detail.contains("the server answered"));
+
+    // A wrong address: the step says to check it.
+    let mut wrong_base = base(&sim);
+    wrong_base.set_path("/nothing-here/");
+    let lost = test_bearer_connection(&wrong_base, Some("s3cret")).await;
+    assert!(!lost.ok());
+    assert!(lost.steps[0].detail.contains("FHIR base URL"), "{lost:#?}");
 }

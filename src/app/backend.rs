@@ -1479,63 +1479,12 @@ async fn test_profile_connection(profile: &ServerProfile) -> crate::net::auth::C
                 },
                 _ => None,
             };
-            steps.push(metadata_step(&base, token.as_deref()).await);
+            steps.extend(
+                crate::net::auth::test_bearer_connection(&base, token.as_deref())
+                    .await
+                    .steps,
+            );
             ConnectionReport { steps }
         }
-    }
-}
-
-/// `GET [base]/metadata` with an optional bearer token, as one connection-test step.
-async fn metadata_step(base: &url::Url, token: Option<&str>) -> crate::net::auth::ConnectionStep {
-    use crate::net::auth::ConnectionStep;
-    let url = format!("{}/metadata", base.as_str().trim_end_matches('/'));
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
-        Ok(c) => c,
-        Err(e) => {
-            return ConnectionStep {
-                what: "Request to the server".into(),
-                ok: false,
-                detail: format!("could not set up the connection: {e}"),
-            };
-        }
-    };
-    let mut req = client.get(&url).header("Accept", "application/fhir+json");
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    match req.send().await {
-        Ok(r) if r.status().is_success() => ConnectionStep {
-            what: "Request to the server".into(),
-            ok: true,
-            detail: format!("the server answered ({})", r.status()),
-        },
-        Ok(r) => ConnectionStep {
-            what: "Request to the server".into(),
-            ok: false,
-            detail: match r.status().as_u16() {
-                401 | 403 => format!(
-                    "the server refused the request ({}): check the sign-in settings",
-                    r.status()
-                ),
-                404 => format!(
-                    "the server has no {}/metadata ({}): check the FHIR base URL",
-                    crate::net::redact_url(base),
-                    r.status()
-                ),
-                _ => format!("the server answered {}", r.status()),
-            },
-        },
-        Err(e) => ConnectionStep {
-            what: "Request to the server".into(),
-            ok: false,
-            detail: format!(
-                "could not reach {}: {e}. Check the address and your network.",
-                crate::net::redact_url(base)
-            ),
-        },
     }
 }

@@ -1182,6 +1182,15 @@ async fn delete_job(
 /// `GET metadata`: a small CapabilityStatement. Public; but a bearer token presented in SMART
 /// mode must be valid (`401` otherwise), so a connection test can prove its token works.
 async fn metadata(State(st): State<Arc<AppState>>, headers: HeaderMap) -> Response {
+    // The CapabilityStatement is public, but a token that is presented must be valid (so a
+    // client's connection test finds out about a wrong one).
+    if st.smart.is_none()
+        && st.cfg.require_token.is_some()
+        && headers.contains_key(header::AUTHORIZATION)
+        && let Err(r) = st.authorize(&headers, false)
+    {
+        return *r;
+    }
     if let Some(smart) = &st.smart
         && headers.contains_key(header::AUTHORIZATION)
     {

@@ -4,8 +4,8 @@ use serde_json::Value;
 use url::Url;
 
 use super::SmartConfig;
-use super::token::SmartToken;
-use crate::net::security::redact_url;
+use super::token::{SmartToken, transport_detail};
+use crate::net::security::{HttpSettings, build_http_client, check_base_url, redact_url};
 
 /// One step of a connection test.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,69 +111,131 @@ pub async fn test_connection(fhir_base: &Url, cfg: &SmartConfig) -> ConnectionRe
     }
     r.push("Access token", true, detail);
 
-    match src.authorized_get("metadata", &granted.access_token).await {
+    let answer = src.authorized_get("metadata", &granted.access_token).await;
+    r.steps
+        .push(metadata_step(answer, src.fhir_base(), true).await);
+    r
+}
+
+/// Try a server without SMART: one `GET [base]/metadata`, with `token` as a bearer token when
+/// one is configured (a fixed token from the environment). Sends no patient data.
+pub async fn test_bearer_connection(fhir_base: &Url, token: Option<&str>) -> ConnectionReport {
+    let mut r = ConnectionReport::default();
+    let mut base = fhir_base.clone();
+    base.set_query(None);
+    base.set_fragment(None);
+    if !base.path().ends_with('/') {
+        let p = format!("{}/", base.path());
+        base.set_path(&p);
+    }
+    if let Err(e) = check_base_url(&base) {
+        r.push("Server address", false, e.to_string());
+        return r;
+    }
+    let http = match build_http_client(&HttpSettings {
+        user_agent: format!("matchdesk/{}", env!("CARGO_PKG_VERSION")),
+        connect_timeout: std::time::Duration::from_secs(30),
+        read_timeout: std::time::Duration::from_secs(60),
+    }) {
+        Ok(h) => h,
         Err(e) => {
-            r.push(
-                "Authorized request",
+            r.push("Request to the server", false, e.to_string());
+            return r;
+        }
+    };
+    let answer = match base.join("metadata") {
+        Ok(url) => {
+            let mut req = http
+                .get(url)
+                .header(reqwest::header::ACCEPT, "application/fhir+json")
+                .timeout(std::time::Duration::from_secs(60));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            req.send().await.map_err(|e| transport_detail(&e))
+        }
+        Err(e) => Err(format!("the address cannot be built: {e}")),
+    };
+    r.steps
+        .push(metadata_step(answer, &base, token.is_some()).await);
+    r
+}
+
+/// What the answer to `GET [base]/metadata` says, as a connection-test step. `with_token`: the
+/// request carried a bearer token (so 401/403 are about that token).
+async fn metadata_step(
+    answer: Result<reqwest::Response, String>,
+    base: &Url,
+    with_token: bool,
+) -> ConnectionStep {
+    let what = if with_token {
+        "Authorized request"
+    } else {
+        "Request to the server"
+    };
+    let step = |ok: bool, detail: String| ConnectionStep {
+        what: what.to_string(),
+        ok,
+        detail,
+    };
+    let resp = match answer {
+        Ok(resp) => resp,
+        Err(e) => {
+            return step(
                 false,
                 format!(
                     "could not reach {}metadata: {e}; check the server address and the network",
-                    redact_url(src.fhir_base())
+                    redact_url(base)
                 ),
             );
         }
-        Ok(resp) => {
-            let status = resp.status().as_u16();
-            match status {
-                200..=299 => {
-                    let v: Option<Value> = resp.json().await.ok();
-                    let fhir = v
-                        .as_ref()
-                        .and_then(|v| v.get("fhirVersion"))
-                        .and_then(Value::as_str)
-                        .map(|f| format!(", FHIR {f}"))
-                        .unwrap_or_default();
-                    let is_cs = v
-                        .as_ref()
-                        .and_then(|v| v.get("resourceType"))
-                        .and_then(Value::as_str)
-                        == Some("CapabilityStatement");
-                    r.push(
-                        "Authorized request",
-                        true,
-                        if is_cs {
-                            format!("the server accepted the token and sent its CapabilityStatement{fhir}")
-                        } else {
-                            format!("the server accepted the token (answer {status})")
-                        },
-                    );
-                }
-                401 => {
-                    r.push(
-                        "Authorized request",
-                        false,
-                        "the FHIR server refused the new token (401); the token endpoint may belong to another server: check the token endpoint and the server address",
-                    );
-                }
-                403 => {
-                    r.push(
-                        "Authorized request",
-                        false,
-                        "the FHIR server accepted the token but denied access (403); ask the IIS to grant your client the needed scopes",
-                    );
-                }
-                s => {
-                    r.push(
-                        "Authorized request",
-                        false,
-                        format!(
-                            "{}metadata answered {s}; check the server address (it should be the FHIR base URL)",
-                            redact_url(src.fhir_base())
-                        ),
-                    );
-                }
-            }
+    };
+    match resp.status().as_u16() {
+        status @ 200..=299 => {
+            let v: Option<Value> = resp.json().await.ok();
+            let fhir = v
+                .as_ref()
+                .and_then(|v| v.get("fhirVersion"))
+                .and_then(Value::as_str)
+                .map(|f| format!(", FHIR {f}"))
+                .unwrap_or_default();
+            let is_cs = v
+                .as_ref()
+                .and_then(|v| v.get("resourceType"))
+                .and_then(Value::as_str)
+                == Some("CapabilityStatement");
+            let accepted = if with_token {
+                "the server accepted the token"
+            } else {
+                "the server answered"
+            };
+            step(
+                true,
+                if is_cs {
+                    format!("{accepted} and sent its CapabilityStatement{fhir}")
+                } else {
+                    format!("{accepted} (answer {status})")
+                },
+            )
         }
+        401 if with_token => step(
+            false,
+            "the FHIR server refused the token (401): it may have expired or belong to another server; check the sign-in settings and the server address".into(),
+        ),
+        401 => step(
+            false,
+            "the server wants sign-in (401): choose SMART Backend Services or an access token under Sign-in".into(),
+        ),
+        403 => step(
+            false,
+            "the FHIR server denied access (403); ask the IIS to grant your client the needed scopes".into(),
+        ),
+        s => step(
+            false,
+            format!(
+                "{}metadata answered {s}; check the server address (it should be the FHIR base URL)",
+                redact_url(base)
+            ),
+        ),
     }
-    r
 }

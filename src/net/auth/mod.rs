@@ -25,7 +25,7 @@ pub mod jwt;
 pub mod keys;
 mod token;
 
-pub use connection::{ConnectionReport, ConnectionStep, test_connection};
+pub use connection::{ConnectionReport, ConnectionStep, test_bearer_connection, test_connection};
 pub use keys::{GeneratedKeys, LoadedKey, PublicKey};
 pub use token::SmartToken;
 

@@ -434,7 +434,7 @@ async fn send_json(
         })
 }
 
-fn transport_detail(e: &reqwest::Error) -> String {
+pub(super) fn transport_detail(e: &reqwest::Error) -> String {
     let mut msg = if e.is_timeout() {
         "no answer in time"
     } else if e.is_connect() {
