@@ -3,11 +3,12 @@
 //! FHIR `Group` or CSV, and the Group id the IIS assigned.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use egui_extras::{Column, TableBuilder};
 
 use super::{MatchdeskApp, Picked, labelled, tokens};
-use crate::app::{Command, Role};
+use crate::app::{Command, GroupView, Role};
 use crate::store::{ChangeKind, ChangeState, GroupChange};
 
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -26,6 +27,28 @@ pub struct GroupScreen {
     reason: String,
     iis_group_id: Option<String>,
     remove: Option<(String, String)>,
+    /// The members matching the search, kept until the Group snapshot or the search changes
+    /// (filtering a large Group every frame would cost a frame's budget).
+    shown: Option<(Arc<GroupView>, String, Vec<usize>)>,
+}
+
+/// Indices of the members whose name, IIS id or record id contains `needle` (upper case).
+fn matching_members(g: &GroupView, needle: &str) -> Vec<usize> {
+    g.members
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| {
+            needle.is_empty()
+                || m.name.to_uppercase().contains(needle)
+                || m.iis_id.to_uppercase().contains(needle)
+                || m.source_id
+                    .as_deref()
+                    .unwrap_or("")
+                    .to_uppercase()
+                    .contains(needle)
+        })
+        .map(|(i, _)| i)
+        .collect()
 }
 
 pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
@@ -198,22 +221,21 @@ pub fn show(app: &mut MatchdeskApp, ui: &mut egui::Ui) {
                 });
             });
             let needle = app.group.search.trim().to_uppercase();
-            let shown: Vec<usize> = g
-                .members
-                .iter()
-                .enumerate()
-                .filter(|(_, m)| {
-                    needle.is_empty()
-                        || m.name.to_uppercase().contains(&needle)
-                        || m.iis_id.to_uppercase().contains(&needle)
-                        || m.source_id
-                            .as_deref()
-                            .unwrap_or("")
-                            .to_uppercase()
-                            .contains(&needle)
-                })
-                .map(|(i, _)| i)
-                .collect();
+            let fresh = app
+                .group
+                .shown
+                .as_ref()
+                .is_some_and(|(sg, sn, _)| Arc::ptr_eq(sg, &g) && *sn == needle);
+            if !fresh {
+                let idx = matching_members(&g, &needle);
+                app.group.shown = Some((g.clone(), needle, idx));
+            }
+            let shown: &[usize] = app
+                .group
+                .shown
+                .as_ref()
+                .map(|(_, _, i)| i.as_slice())
+                .unwrap_or(&[]);
             let mut remove = None;
             TableBuilder::new(ui)
                 .id_salt("members")
